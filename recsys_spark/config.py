@@ -200,8 +200,20 @@ class TrainConfig:
     min_item_count: int = 1
     seed: int = 13
     models_dir: Optional[str] = None  # default <warehouse>/models
+    # Negatives are drawn with probability count**popularity_exponent (popularity sampling);
+    # scores add log(negatives * q(item)) back so they rank by P(next), not by lift over q.
+    popularity_exponent: float = 0.75
+    logq_correction: bool = True
+    tf_threads: int = 0  # 0: TensorFlow's default; inside Spark tasks, cores per task
+    horovodrun_hosts: Optional[str] = None  # horovodrun -H value; default localhost:<num_workers>
+    start_timeout_s: int = 120  # how long a distributed launch waits for all workers to start
 
     def validate(self, key: str) -> None:
+        _check(0.0 <= self.popularity_exponent <= 1.0, f"{key}.popularity_exponent", "must be in [0, 1]")
+        _check(self.tf_threads >= 0, f"{key}.tf_threads", "must be >= 0")
+        _check(self.start_timeout_s >= 1, f"{key}.start_timeout_s", "must be >= 1")
+        _check(self.early_stopping_patience >= 0, f"{key}.early_stopping_patience", "must be >= 0")
+        _check(self.min_item_count >= 1, f"{key}.min_item_count", "must be >= 1")
         _check(
             self.backend in ("local", "horovod", "horovodrun", "tf_distribute"),
             f"{key}.backend",

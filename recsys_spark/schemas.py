@@ -219,6 +219,16 @@ METRICS = T.StructType(
     ]
 )
 
+INGESTED_FILES = T.StructType(
+    [
+        T.StructField("path", T.StringType(), False),
+        T.StructField("size", T.LongType()),
+        T.StructField("modified", T.LongType()),
+        T.StructField(KIND, T.StringType()),
+        T.StructField(INGESTED_AT, T.TimestampType()),
+    ]
+)
+
 
 @dataclass(frozen=True)
 class TableRef:
@@ -232,6 +242,7 @@ class TableRef:
 
 
 BRONZE_EVENTS_TABLE = TableRef("bronze", "events")
+INGESTED_FILES_TABLE = TableRef("bronze", "ingested_files")
 SILVER_EVENTS_TABLE = TableRef("silver", "events")
 QUARANTINE_TABLE = TableRef("silver", "quarantine")
 SILVER_ITEMS_TABLE = TableRef("silver", "items")

@@ -1,0 +1,135 @@
+"""Training backends behind one small interface.
+
+``train`` builds the examples with Spark, writes them as Parquet shards (one per worker) and hands
+a ``TrainJob`` to a ``Trainer``. Every backend runs the same per-rank loop
+(``recsys_spark.trainers.worker.train_worker``) and differs only in how it starts the ranks and
+which distribution hooks they use:
+
+- ``local``: one process (the driver), no Horovod needed;
+- ``horovod``: ``horovod.spark.run`` on the Spark executors;
+- ``horovodrun``: ``horovodrun -np N`` outside Spark;
+- ``tf_distribute``: ``tf.distribute.MultiWorkerMirroredStrategy`` in Spark barrier-mode tasks.
+
+A backend returns one result dict per rank; a rank that fails makes ``fit`` raise
+``TrainingFailed`` naming the backend, and nothing is exported.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Optional, Protocol
+
+from pyspark.sql import SparkSession
+
+BACKENDS = {
+    "local": "recsys_spark.trainers.local",
+    "horovod": "recsys_spark.trainers.horovod_spark",
+    "horovodrun": "recsys_spark.trainers.horovodrun",
+    "tf_distribute": "recsys_spark.trainers.tf_distribute",
+}
+
+
+class TrainingFailed(RuntimeError):
+    """A training backend could not start or a worker died; the message names the backend."""
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a rank needs, JSON-able so it crosses process and machine boundaries.
+
+    Paths are on a file system every worker sees (local in local mode, a shared mount on a
+    cluster): ``train_dir``/``val_dir`` hold ``shard=<rank>`` folders of Parquet files with
+    columns ``history`` (array<int>, max_len, left-padded) and ``target`` (int);
+    ``vocabulary_dir`` holds the item vocabulary; the chief writes the model into ``export_dir``.
+    """
+
+    version: str
+    work_dir: str  # launch files and per-rank results
+    train_dir: str
+    val_dir: Optional[str]
+    vocabulary_dir: str
+    export_dir: str
+    world_size: int
+    model: dict  # recsys_spark.model.ModelSpec.to_json()
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_epochs: int
+    negatives: int
+    patience: int
+    seed: int
+    steps_per_epoch: int
+    val_steps: int
+    tf_threads: int = 0
+    start_timeout_s: int = 120
+    horovodrun_hosts: Optional[str] = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainJob":
+        return cls(**json.loads(text))
+
+
+class Trainer(Protocol):
+    """Starts ``job.world_size`` ranks of ``train_worker`` and returns their results, rank order."""
+
+    name: str
+
+    def fit(self, job: TrainJob, spark: SparkSession) -> "list[dict]":
+        ...
+
+
+def get_trainer(backend: str) -> Trainer:
+    """The trainer registered for ``backend`` (``train.backend`` in the config)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"train.backend {backend!r}: unknown; known: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[backend]).TRAINER
+
+
+def worker_env(extra: Optional[dict] = None) -> dict:
+    """The environment for worker processes: this one, with the package importable and the
+    same interpreter for PySpark, plus ``extra``."""
+    import sys
+
+    import recsys_spark
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(recsys_spark.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.update(extra or {})
+    return env
+
+
+def rank_result_path(work_dir: str, rank: int) -> str:
+    return os.path.join(work_dir, f"result-rank{rank}.json")
+
+
+def read_rank_results(work_dir: str, world_size: int, backend: str) -> "list[dict]":
+    """The result files every rank wrote; a missing one means a rank died before finishing."""
+    results = []
+    for rank in range(world_size):
+        path = rank_result_path(work_dir, rank)
+        if not os.path.isfile(path):
+            raise TrainingFailed(f"{backend}: worker {rank} of {world_size} finished without a result ({path})")
+        with open(path, encoding="utf-8") as handle:
+            results.append(json.loads(handle.read()))
+    return results
+
+
+_PY_ERROR = re.compile(r"^\s*([A-Za-z_.]*(Error|Exception|Failed)):\s*(.+)$", re.MULTILINE)
+
+
+def python_error(exc: BaseException, limit: int = 600) -> str:
+    """The last Python error line inside a (Java) exception text, not the whole stack trace."""
+    text = str(exc)
+    found = _PY_ERROR.findall(text)
+    if found:
+        name, _, message = found[-1]
+        return f"{name}: {message.strip()}"[:limit]
+    return text.strip().splitlines()[0][:limit] if text.strip() else type(exc).__name__

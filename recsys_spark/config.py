@@ -120,6 +120,7 @@ class GenerateConfig:
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check(0.0 <= self.bad_fraction <= 1.0, f"{key}.bad_fraction", "must be in [0, 1]")
         _check(self.partitions >= 0, f"{key}.partitions", "must be >= 0")
+        _check(self.topics <= self.items, f"{key}.topics", "must be <= generate.items (every topic needs an item)")
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,10 @@ class EvaluateConfig:
     als_ranks: tuple = (32, 64)
     als_reg_params: tuple = (0.01, 0.1)
     als_alphas: tuple = (10.0,)
+    als_max_iter: int = 10
+    knn_neighbours: int = 50  # item_knn: top neighbours kept per item
+    # sampled protocol: how deep each model's ranked list goes when placing the held-out item
+    sampled_depth: int = 200
     seed: int = 3
 
     def validate(self, key: str) -> None:
@@ -291,6 +296,8 @@ class EvaluateConfig:
         for b in self.baselines:
             _check(b in known, f"{key}.baselines", f"unknown model {b!r}; known: {', '.join(known)}")
         _check(self.sampled_negatives >= 1, f"{key}.sampled_negatives", "must be >= 1")
+        for name in ("als_max_iter", "knn_neighbours", "sampled_depth"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check(
             self.sampled_distribution in ("uniform", "popularity"),
             f"{key}.sampled_distribution",

@@ -262,3 +262,13 @@ def require_columns(df: DataFrame, columns: "list[str] | tuple[str, ...]", where
         raise ValueError(
             f"{where}: missing column(s) {', '.join(missing)}; got {', '.join(df.columns)}"
         )
+
+
+def conform(df: DataFrame, schema: T.StructType, where: str) -> DataFrame:
+    """``df``'s columns in ``schema``'s order and types, ready to write to that table.
+
+    Unlike ``DataFrame.to`` this keeps the data's nullability: a key column that went through a
+    join is nullable in Spark's eyes even when it never holds a null, and Delta enforces a table's
+    NOT NULL columns on write anyway."""
+    require_columns(df, schema.fieldNames(), where)
+    return df.select(*[df[f.name].cast(f.dataType).alias(f.name) for f in schema])

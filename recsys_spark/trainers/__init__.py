@@ -122,14 +122,14 @@ def read_rank_results(work_dir: str, world_size: int, backend: str) -> "list[dic
     return results
 
 
-_PY_ERROR = re.compile(r"^\s*([A-Za-z_.]*(Error|Exception|Failed)):\s*(.+)$", re.MULTILINE)
+_PY_ERROR = re.compile(r"^\s*[A-Za-z_.]*(Error|Exception|Failed):\s*\S", re.MULTILINE)
 
 
-def python_error(exc: BaseException, limit: int = 600) -> str:
-    """The last Python error line inside a (Java) exception text, not the whole stack trace."""
+def python_error(exc: BaseException, limit: int = 800) -> str:
+    """The last Python error inside a (Java) exception text, not the whole JVM stack trace."""
     text = str(exc)
-    found = _PY_ERROR.findall(text)
-    if found:
-        name, _, message = found[-1]
-        return f"{name}: {message.strip()}"[:limit]
+    starts = [match.start() for match in _PY_ERROR.finditer(text)]
+    if starts:
+        lines = text[starts[-1]:].strip().splitlines()
+        return "\n".join(line for line in lines[:6] if not line.lstrip().startswith("at "))[:limit]
     return text.strip().splitlines()[0][:limit] if text.strip() else type(exc).__name__

@@ -10,6 +10,7 @@ never wait on a rank that ran out of data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import logging
@@ -241,20 +242,26 @@ def _datasets(job: TrainJob, spec: ModelSpec, cdf: np.ndarray):
     return make_train, make_val
 
 
-def _warmup_schedule(base: float, peak: float, warmup_steps: int):
+@functools.lru_cache(maxsize=1)
+def warmup_schedule_class():
+    """The warm-up schedule, registered so that Horovod's optimizer wrapper can rebuild it."""
     import tensorflow as tf
 
+    @tf.keras.utils.register_keras_serializable(package="recsys_spark")
     class Warmup(tf.keras.optimizers.schedules.LearningRateSchedule):
         """Linear ramp from the single-worker rate to the scaled one (Goyal et al., 2017)."""
 
+        def __init__(self, base: float, peak: float, warmup_steps: int):
+            self.base, self.peak, self.warmup_steps = base, peak, warmup_steps
+
         def __call__(self, step):
-            fraction = tf.minimum(1.0, tf.cast(step, tf.float32) / float(max(1, warmup_steps)))
-            return base + (peak - base) * fraction
+            fraction = tf.minimum(1.0, tf.cast(step, tf.float32) / float(max(1, self.warmup_steps)))
+            return self.base + (self.peak - self.base) * fraction
 
         def get_config(self):
-            return {"base": base, "peak": peak, "warmup_steps": warmup_steps}
+            return {"base": self.base, "peak": self.peak, "warmup_steps": self.warmup_steps}
 
-    return Warmup()
+    return Warmup
 
 
 def weights_digest(weights: "list[np.ndarray]") -> str:
@@ -305,7 +312,7 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
 
     with dist.scope():
         model = build_model(spec, text)
-        schedule = _warmup_schedule(
+        schedule = warmup_schedule_class()(
             job.learning_rate, job.learning_rate * dist.size, job.warmup_epochs * job.steps_per_epoch
         )
         # The legacy Adam is the one Horovod 0.28's DistributedOptimizer wraps reliably.

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import pandas as pd
+from pyspark.errors import PythonException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -46,6 +47,7 @@ from recsys_spark.schemas import (
     MODEL_VERSION,
     SILVER_ITEMS_TABLE,
     VECTOR,
+    conform,
     require_columns,
 )
 
@@ -339,7 +341,8 @@ def run(ctx: StageContext) -> dict:
         (row[ACTION], row["was_active"]): row["count"]
         for row in plan.groupBy(ACTION, "was_active").count().collect()
     }
-    by_action = {action: sum(n for (a, _), n in counts.items() if a == action) for action in (ENCODE, KEEP, REACTIVATE, NO_TEXT, GONE)}
+    by_action = {action: counts.get((action, True), 0) + counts.get((action, False), 0) for action in
+                 (ENCODE, KEEP, REACTIVATE, NO_TEXT, GONE)}
     deactivated = counts.get((NO_TEXT, True), 0) + counts.get((GONE, True), 0)
     ctx.progress(
         f"encode: {by_action[ENCODE]} to encode, {by_action[KEEP] + by_action[REACTIVATE]} current, "
@@ -347,7 +350,11 @@ def run(ctx: StageContext) -> dict:
     )
     if by_action[NO_TEXT]:
         examples = [row[ITEM_ID] for row in plan.filter(F.col(ACTION) == NO_TEXT).select(ITEM_ID).limit(5).collect()]
-        log.warning("encode: %d item(s) have no text in any template field, skipped (e.g. %s)", by_action[NO_TEXT], examples)
+        log.warning(
+            "encode: %d item(s) have no text in any template field and get no vector (e.g. %s)",
+            by_action[NO_TEXT],
+            examples,
+        )
 
     partitions = cfg.partitions or ctx.spark.sparkContext.defaultParallelism
     spec = encoder_spec(ctx.spark, cfg, model.path)
@@ -355,22 +362,26 @@ def run(ctx: StageContext) -> dict:
     encoded = encode_texts(to_encode, spec).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         started = time.perf_counter()
-        stats = encoded.agg(
-            F.count(F.lit(1)).alias("n"),
-            F.count_if(F.col(TRUNCATED)).alias("truncated"),
-            F.count_if(F.col(MODEL_LOADED)).alias("loads"),
-            F.count_distinct(WORKER).alias("workers"),
-            F.collect_set(DEVICE).alias("devices"),
-            F.max(F.size(VECTOR)).alias("dim"),
-            F.count_if(F.size(VECTOR) != F.size(F.filter(VECTOR, lambda x: ~F.isnan(x)))).alias("nan_vectors"),
-        ).first()
+        try:
+            stats = encoded.agg(
+                F.count(F.lit(1)).alias("n"),
+                F.count_if(F.col(TRUNCATED)).alias("truncated"),
+                F.count_if(F.col(MODEL_LOADED)).alias("loads"),
+                F.count_distinct(WORKER).alias("workers"),
+                F.collect_set(DEVICE).alias("devices"),
+                F.max(F.size(VECTOR)).alias("dim"),
+                F.count_if(F.exists(VECTOR, F.isnan)).alias("nan_vectors"),
+            ).first()
+        except PythonException as exc:
+            # The worker's own error (no GPU, unreadable model...) without the JVM stack around it.
+            reason = str(exc).strip().splitlines()[-1]
+            raise RuntimeError(f"encode: encoding with {model.name} failed on an executor: {reason}") from None
         seconds = time.perf_counter() - started
         if stats["nan_vectors"]:
             raise ValueError(f"encode: model {model.name} produced {stats['nan_vectors']} vector(s) with NaN")
 
         flips = plan.filter(
-            ((F.col(ACTION) == REACTIVATE))
-            | (F.col(ACTION).isin(NO_TEXT, GONE) & F.col("was_active"))
+            (F.col(ACTION) == REACTIVATE) | (F.col(ACTION).isin(NO_TEXT, GONE) & F.col("was_active"))
         ).select(ITEM_ID, (F.col(ACTION) == REACTIVATE).alias("_now_active"))
         changes = embedding_rows(encoded, cfg.model, version)
         if existing is not None:
@@ -378,7 +389,7 @@ def run(ctx: StageContext) -> dict:
                 *[F.col(c) for c in ITEM_EMBEDDINGS.fieldNames() if c != ACTIVE], F.col("_now_active").alias(ACTIVE)
             )
             changes = changes.unionByName(flipped)
-        changes = changes.to(ITEM_EMBEDDINGS)
+        changes = conform(changes, ITEM_EMBEDDINGS, "encode: item_embeddings rows")
         if not table_exists:
             table_version = lake.replace(changes, ITEM_EMBEDDINGS_TABLE)
         elif stats["n"] or deactivated or by_action[REACTIVATE]:

@@ -242,3 +242,15 @@ def test_duplicate_item_ids_are_a_clear_error(make_ctx, spark):
     ctx.lake.replace(_items_df(spark, [CATALOG[0], CATALOG[0]]), SILVER_ITEMS_TABLE)
     with pytest.raises(ValueError, match="more than one row for item_id 'space1'"):
         encode.run(ctx)
+
+
+def test_worker_errors_come_back_as_one_clear_line(make_ctx, spark):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    ctx = make_ctx("encode.device=cuda")
+    ctx.lake.replace(_items_df(spark, CATALOG[:2]), SILVER_ITEMS_TABLE)
+    with pytest.raises(RuntimeError, match="failed on an executor: .*encode.device=cuda but no CUDA device"):
+        encode.run(ctx)
+    assert not ctx.lake.exists(ITEM_EMBEDDINGS_TABLE)

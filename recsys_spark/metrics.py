@@ -11,7 +11,7 @@ only for comparing with papers that report it).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -23,6 +23,7 @@ from recsys_spark.schemas import (
     K,
     METRIC,
     N_USERS,
+    PROTOCOL,
     RANK,
     TEST_ITEMS,
     TEST_UNTIED,
@@ -68,11 +69,12 @@ def check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
-def rank_lists(predictions: DataFrame, depth: int) -> DataFrame:
+def rank_lists(predictions: DataFrame, depth: Optional[int] = None) -> DataFrame:
     """``(user_id, item_id, rank)`` -> ``(user_id, recs, n_duplicates)``.
 
     ``recs`` holds the user's items in rank order (ties in rank broken by item id, so the result
-    does not depend on partitioning), each item once at its best rank, cut to ``depth`` items.
+    does not depend on partitioning), each item once at its best rank, cut to ``depth`` items
+    when given.
     """
     require_columns(predictions, (USER_ID, ITEM_ID, RANK), "predictions")
     ranked = F.array_sort(F.collect_list(F.struct(F.col(RANK).cast("long").alias("r"), F.col(ITEM_ID).alias("i"))))
@@ -82,7 +84,7 @@ def rank_lists(predictions: DataFrame, depth: int) -> DataFrame:
         .agg(F.transform(ranked, lambda s: s["i"]).alias("_all"))
         .select(
             USER_ID,
-            F.slice(F.array_distinct("_all"), 1, depth).alias(RECS),
+            (F.slice(F.array_distinct("_all"), 1, depth) if depth else F.array_distinct("_all")).alias(RECS),
             (F.size("_all") - F.size(F.array_distinct("_all"))).alias(N_DUPLICATES),
         )
     )
@@ -137,8 +139,15 @@ def _user_metrics(k: int) -> dict[str, Column]:
     }
 
 
+def _groups(frame: DataFrame) -> list[str]:
+    """Metrics are computed per ``protocol`` when the frame has that column (one pass for all)."""
+    return [PROTOCOL] if PROTOCOL in frame.columns else []
+
+
 def _to_rows(aggregated: DataFrame, names: Sequence[tuple[str, int]]) -> DataFrame:
-    """One aggregated row with columns ``<metric>@<k>`` and ``_n`` -> (metric, k, value, n_users)."""
+    """Aggregated rows with columns ``<metric>@<k>``, ``_n`` (and ``protocol`` when grouped) ->
+    ([protocol,] metric, k, value, n_users)."""
+    by = _groups(aggregated)
     entries = F.array(
         *[
             F.struct(
@@ -149,17 +158,17 @@ def _to_rows(aggregated: DataFrame, names: Sequence[tuple[str, int]]) -> DataFra
             for metric, k in names
         ]
     )
-    return aggregated.select(F.col("_n").alias(N_USERS), F.explode(entries).alias("m")).select(
-        "m." + METRIC, "m." + K, "m." + VALUE, N_USERS
+    return aggregated.select(*by, F.col("_n").alias(N_USERS), F.explode(entries).alias("m")).select(
+        *by, "m." + METRIC, "m." + K, "m." + VALUE, N_USERS
     )
 
 
 def ranking_metrics(frame: DataFrame, ks: Sequence[int]) -> DataFrame:
     """Mean Recall/NDCG/HitRate/MRR@K over the users of ``frame`` for every K, in one aggregation.
 
-    Reads (recs, test_items) from ``evaluation_frame``; writes (metric, k, value, n_users).
-    Users whose ``test_items`` is empty are not test users and are left out; no user at all is
-    an error, never a NaN.
+    Reads (recs, test_items[, protocol]) from ``evaluation_frame``; writes ([protocol,] metric,
+    k, value, n_users), per protocol when the frame has one (a user may sit in several).
+    Users whose ``test_items`` is empty are not test users and are left out.
     """
     ks = check_ks(ks)
     users = frame.where(F.size(TEST_ITEMS) > 0)
@@ -168,7 +177,7 @@ def ranking_metrics(frame: DataFrame, ks: Sequence[int]) -> DataFrame:
         for metric, column in _user_metrics(k).items():
             per_user[(metric, k)] = column
     names = [(metric, k) for k in ks for metric in ACCURACY_METRICS]
-    aggregated = users.agg(
+    aggregated = users.groupBy(*_groups(frame)).agg(
         F.count(F.lit(1)).alias("_n"),
         *[F.avg(per_user[name]).alias(f"{name[0]}@{name[1]}") for name in names],
     )
@@ -222,8 +231,8 @@ def item_popularity(histories: DataFrame, catalog: DataFrame) -> DataFrame:
 def catalog_metrics(frame: DataFrame, popularity: DataFrame, catalog_size: int, ks: Sequence[int]) -> DataFrame:
     """Coverage, novelty and popularity percentile of the top-K lists, for every K.
 
-    Reads ``frame`` (user_id, recs) and ``popularity`` (from ``item_popularity``). Writes
-    (metric, k, value, n_users): coverage@K = distinct items in any top-K / ``catalog_size``;
+    Reads ``frame`` (user_id, recs[, protocol]) and ``popularity`` (from ``item_popularity``).
+    Writes ([protocol,] metric, k, value, n_users), per protocol when the frame has one: coverage@K = distinct items in any top-K / ``catalog_size``;
     novelty@K = mean self-information of the recommended items; pop_percentile@K = their mean
     popularity percentile (compare with ``interacted_pop_percentile``: above it = popularity bias).
     Averages run over recommended (user, item) pairs; with no recommendation at all they are 0.
@@ -231,12 +240,14 @@ def catalog_metrics(frame: DataFrame, popularity: DataFrame, catalog_size: int, 
     ks = check_ks(ks)
     if catalog_size <= 0:
         raise ValueError("evaluate: the catalog is empty, coverage is undefined")
-    pairs = frame.select(USER_ID, F.posexplode(F.slice(RECS, 1, max(ks))).alias("_pos", ITEM_ID)).join(
+    by = _groups(frame)
+    pairs = frame.select(*by, USER_ID, F.posexplode(F.slice(RECS, 1, max(ks))).alias("_pos", ITEM_ID)).join(
         popularity, ITEM_ID, "left"
     )
     pop = popularity.agg(F.max(SELF_INFORMATION).alias("_max_info"))
     # An item outside the catalog and the histories counts as never seen: the most novel value.
     pairs = pairs.crossJoin(F.broadcast(pop)).select(
+        *by,
         ITEM_ID,
         "_pos",
         F.coalesce(SELF_INFORMATION, "_max_info").alias(SELF_INFORMATION),
@@ -252,9 +263,11 @@ def catalog_metrics(frame: DataFrame, popularity: DataFrame, catalog_size: int, 
             F.coalesce(F.avg(F.when(within, F.col(POP_PERCENTILE))), F.lit(0.0)).alias(f"pop_percentile@{k}"),
         ]
         names += [("coverage", k), ("novelty", k), ("pop_percentile", k)]
-    users = frame.agg(F.count(F.lit(1)).alias("_n"))
-    aggregated = pairs.agg(*aggregates).crossJoin(users)
-    return _to_rows(aggregated, names)
+    users = frame.groupBy(*by).agg(F.count(F.lit(1)).alias("_n"))
+    recommended = pairs.groupBy(*by).agg(*aggregates)
+    # Protocols whose users got no recommendation at all still get their rows (zeros).
+    aggregated = users.join(recommended, by, "left") if by else users.crossJoin(recommended)
+    return _to_rows(aggregated.fillna(0.0), names)
 
 
 def interacted_pop_percentile(histories: DataFrame, popularity: DataFrame) -> DataFrame:
@@ -350,6 +363,7 @@ def sampled_ranks(frame: DataFrame, negatives: DataFrame) -> DataFrame:
     rank = F.when(target_pos > 0, F.size(above) + 1).otherwise(F.size(listed) + 1 + F.floor(unlisted / 2))
     return joined.select(
         USER_ID,
+        *_groups(frame),
         TEST_UNTIED,
         rank.cast("int").alias(TARGET_RANK),
         F.size(negs).alias("n_negatives"),
@@ -359,7 +373,7 @@ def sampled_ranks(frame: DataFrame, negatives: DataFrame) -> DataFrame:
 def sampled_metrics(ranks: DataFrame, ks: Sequence[int]) -> DataFrame:
     """Recall/NDCG/HitRate/MRR@K from one held-out item's rank among sampled negatives.
 
-    Reads (target_rank); writes (metric, k, value, n_users). With one relevant item, recall and
+    Reads (target_rank[, protocol]); writes ([protocol,] metric, k, value, n_users). With one relevant item, recall and
     hit rate coincide, NDCG is 1/log2(rank + 1) within K and MRR is 1/rank within K.
     """
     ks = check_ks(ks)
@@ -372,8 +386,20 @@ def sampled_metrics(ranks: DataFrame, ks: Sequence[int]) -> DataFrame:
         per_user[("hit_rate", k)] = F.when(within, 1.0).otherwise(0.0)
         per_user[("mrr", k)] = F.when(within, 1.0 / rank).otherwise(0.0)
     names = [(metric, k) for k in ks for metric in ACCURACY_METRICS]
-    aggregated = ranks.agg(
+    aggregated = ranks.groupBy(*_groups(ranks)).agg(
         F.count(F.lit(1)).alias("_n"),
         *[F.avg(per_user[name]).alias(f"{name[0]}@{name[1]}") for name in names],
     )
     return _to_rows(aggregated, names)
+
+
+def popularity_histogram(items: DataFrame, popularity: DataFrame, bins: int) -> DataFrame:
+    """How many of ``items`` (item_id, one row per occurrence) fall in each popularity-percentile
+    bin: (bin int 0..bins-1, n). Items unknown to ``popularity`` count in the lowest bin."""
+    percentile = F.coalesce(F.col(POP_PERCENTILE), F.lit(0.0))
+    return (
+        items.join(popularity.select(ITEM_ID, POP_PERCENTILE), ITEM_ID, "left")
+        .select(F.least(F.floor(percentile * bins), F.lit(bins - 1)).cast("int").alias("bin"))
+        .groupBy("bin")
+        .agg(F.count(F.lit(1)).alias("n"))
+    )

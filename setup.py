@@ -2,6 +2,19 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithProfiles(build_py):
+    """Ship conf/*.yaml inside the package so an installed wheel finds its profiles."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "recsys_spark" / "conf"
+        target.mkdir(parents=True, exist_ok=True)
+        for profile in Path(__file__).with_name("conf").glob("*.yaml"):
+            (target / profile.name).write_bytes(profile.read_bytes())
+
 
 # Pins seen working together (see README "Install"). Spark + Delta are the core; the heavy
 # stacks are extras so ingestion and retrieval run without TensorFlow or torch.
@@ -39,7 +52,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["recsys_spark", "recsys_spark.*"]),
-    package_data={"recsys_spark": ["data/**/*", "conf/*.yaml"]},
+    package_data={"recsys_spark": ["data/**/*"]},
+    cmdclass={"build_py": BuildWithProfiles},
     include_package_data=True,
     install_requires=CORE,
     extras_require={

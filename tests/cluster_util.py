@@ -133,7 +133,7 @@ class StandaloneCluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as response:
             return json.load(response)
 
-    def start(self, timeout: float = 120.0) -> "StandaloneCluster":
+    def start(self, timeout: float = 300.0) -> "StandaloneCluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._launch(
             "master",
@@ -193,7 +193,8 @@ def spark_submit(
     config: Path,
     overrides: Sequence[str],
     cwd: Path,
-    timeout: float = 600.0,
+    # Generous: a guard against a hung job, not a speed check (a loaded shared VM is slow).
+    timeout: float = 2400.0,
     delta_package: Optional[str] = None,
 ) -> tuple[int, str, str]:
     """``spark-submit`` ``jobs/<job>.py`` to the cluster with the package in ``--py-files`` and

@@ -194,6 +194,15 @@ def kmeans(points: np.ndarray, nlist: int, iterations: int = 10, seed: int = 17)
     return centroids
 
 
+def numpy_centroids(
+    items: np.ndarray, nlist: int, iterations: int = 10, seed: int = 17, train_points_per_list: int = TRAIN_POINTS_PER_LIST
+) -> np.ndarray:
+    """k-means centroids on a random sample of ``nlist * train_points_per_list`` items."""
+    rng = np.random.default_rng(seed)
+    n_train = min(len(items), nlist * train_points_per_list)
+    return kmeans(items[rng.choice(len(items), n_train, replace=False)], nlist, iterations, seed)
+
+
 def _nearest_lists(vectors: np.ndarray, centroids: np.ndarray, n: int) -> np.ndarray:
     """Ids ``(len(vectors), n)`` of the ``n`` centroids nearest each vector (unordered)."""
     sims = vectors @ centroids.T
@@ -211,14 +220,14 @@ def numpy_ivf_search(
     seed: int = 17,
     iterations: int = 10,
     train_points_per_list: int = TRAIN_POINTS_PER_LIST,
+    centroids: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IVF top-``k`` in one process, with the same k-means and probing as :func:`ivf_search`."""
+    """IVF top-``k`` in one process, with the same k-means and probing as :func:`ivf_search`
+    (``centroids`` given: no training)."""
     queries = np.asarray(queries, dtype=np.float32)
     items = np.asarray(items, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    n_train = min(len(items), nlist * train_points_per_list)
-    sample = items[rng.choice(len(items), n_train, replace=False)]
-    centroids = kmeans(sample, nlist, iterations, seed)
+    if centroids is None:
+        centroids = numpy_centroids(items, nlist, iterations, seed, train_points_per_list)
     assignment = np.concatenate(
         [np.argmax(items[s : s + 8192] @ centroids.T, axis=1) for s in range(0, len(items), 8192)]
     )

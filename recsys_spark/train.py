@@ -170,7 +170,9 @@ def write_shards(examples: DataFrame, path: str, shards: int, seed: int) -> "lis
         path
     )
     spark: SparkSession = examples.sparkSession
-    counts = dict(spark.read.parquet(path).groupBy(SHARD).count().collect())
+    # An explicit schema: a write without rows leaves no file to infer one from.
+    written = spark.read.schema(f"{HISTORY} array<int>, {TARGET} int, {SHARD} int").parquet(path)
+    counts = dict(written.groupBy(SHARD).count().collect())
     return [int(counts.get(k, 0)) for k in range(shards)]
 
 

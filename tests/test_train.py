@@ -137,8 +137,11 @@ def test_failed_training_leaves_the_previous_model_in_service(make_ctx, monkeypa
 
 def test_empty_training_table_is_a_clear_error(make_ctx):
     ctx = make_ctx(*TRAIN_SETTINGS)
-    write_sequences(ctx, [sequence_row("a", ["x"], [], [])])
+    write_sequences(ctx, [])
     with pytest.raises(ValueError, match="nothing to train on"):
+        train.run(ctx)
+    write_sequences(ctx, [sequence_row("a", ["x"], [], [])])
+    with pytest.raises(ValueError, match="no training example: every user has fewer than 2 events"):
         train.run(ctx)
     assert latest_model_dir(ctx.cfg.models_dir) is None
 

@@ -7,11 +7,8 @@ process, so TensorFlow's collective runtime starts fresh every run and dies with
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 
 from pyspark.sql import SparkSession
@@ -20,55 +17,53 @@ from recsys_spark.trainers import TrainingFailed, TrainJob, python_error, rank_r
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 
+def barrier_task(job_path: str, result_paths: "list[str]", python: str, pythonpath: str):
+    """The function each barrier task runs: rendezvous, then train one worker in a child process.
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def tf_config(addresses: "list[str]", index: int) -> dict:
-    """TF_CONFIG for worker ``index`` of the cluster ``addresses`` (host:port, rank order)."""
-    return {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
-
-
-def _die_with_parent() -> None:
-    # A killed barrier task must not leave its trainer waiting on collectives forever.
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def barrier_task(job_json: str, python: str):
-    """The function each barrier task runs: rendezvous, then train one worker in a child."""
+    It uses only the standard library and pyspark, so executors need not import this package to
+    run it (the child does, through ``pythonpath``)."""
 
     def run(_partition):
+        import ctypes
+        import json
+        import os
+        import signal
+        import socket
+        import subprocess
+        import sys
+
         from pyspark import BarrierTaskContext
 
+        def die_with_parent() -> None:
+            # A killed barrier task must not leave its trainer waiting on collectives forever.
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
         context = BarrierTaskContext.get()
         index = context.partitionId()
         host = context.getTaskInfos()[index].address.split(":")[0]
-        addresses = context.allGather(f"{host}:{free_port()}")
-        job = TrainJob.from_json(job_json)
-        extra = {"TF_CONFIG": json.dumps(tf_config(addresses, index))}
+        addresses = context.allGather(f"{host}:{port}")  # ordered by partition id
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
         gpus = context.resources().get("gpu")
         if gpus is not None:
-            extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
-        job_path = os.path.join(job.work_dir, "job.json")
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
         proc = subprocess.run(
             [python, "-m", "recsys_spark.trainers.entry", "tf_distribute", job_path],
-            env=worker_env(extra),
+            env=env,
             capture_output=True,
             text=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            # One line, so the error that reaches the driver names the rank and its cause together.
+            tail = " | ".join(line.strip() for line in proc.stderr.strip().splitlines()[-4:])
             raise RuntimeError(f"tf_distribute worker {index} exited with code {proc.returncode}: {tail}")
-        with open(rank_result_path(job.work_dir, index), encoding="utf-8") as handle:
+        with open(result_paths[index], encoding="utf-8") as handle:
             yield json.load(handle)
 
     return run
@@ -79,7 +74,8 @@ class TfDistributeTrainer:
 
     def fit(self, job: TrainJob, spark: SparkSession) -> "list[dict]":
         os.makedirs(job.work_dir, exist_ok=True)
-        with open(os.path.join(job.work_dir, "job.json"), "w", encoding="utf-8") as handle:
+        job_path = os.path.join(job.work_dir, "job.json")
+        with open(job_path, "w", encoding="utf-8") as handle:
             handle.write(job.to_json())
         sc = spark.sparkContext
         log.info("MultiWorkerMirroredStrategy in %d Spark barrier tasks", job.world_size)
@@ -87,7 +83,14 @@ class TfDistributeTrainer:
             results = (
                 sc.parallelize(range(job.world_size), job.world_size)
                 .barrier()
-                .mapPartitions(barrier_task(job.to_json(), os.environ.get("PYSPARK_PYTHON", sys.executable)))
+                .mapPartitions(
+                    barrier_task(
+                        job_path,
+                        [rank_result_path(job.work_dir, rank) for rank in range(job.world_size)],
+                        os.environ.get("PYSPARK_PYTHON", sys.executable),
+                        worker_env()["PYTHONPATH"],
+                    )
+                )
                 .collect()
             )
         except Exception as exc:

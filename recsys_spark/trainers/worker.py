@@ -320,9 +320,15 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         model.compile(optimizer=optimizer, loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
 
     epoch_seconds: list = []
+
+    def epoch_done(epoch: int, logs: dict) -> None:
+        epoch_seconds[-1] = time.perf_counter() - epoch_seconds[-1]
+        if dist.is_chief:
+            log.info("epoch %d/%d: %.1fs %s", epoch + 1, job.epochs, epoch_seconds[-1],
+                     {k: round(float(v), 5) for k, v in (logs or {}).items() if k != "lr"})
+
     timer = tf.keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: epoch_seconds.append(time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: epoch_seconds.__setitem__(-1, time.perf_counter() - epoch_seconds[-1]),
+        on_epoch_begin=lambda epoch, logs: epoch_seconds.append(time.perf_counter()), on_epoch_end=epoch_done
     )
     monitor = "val_loss" if val_data is not None else "loss"
     stopper = tf.keras.callbacks.EarlyStopping(

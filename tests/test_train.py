@@ -9,7 +9,7 @@ import pytest
 
 from recsys_spark import schemas as S
 from recsys_spark import train
-from recsys_spark.model import FIRST_ITEM, LATEST_FILE, OOV, SequenceRanker, latest_model_dir
+from recsys_spark.model import FIRST_ITEM, LATEST_FILE, SequenceRanker, latest_model_dir
 from recsys_spark.trainers import TrainingFailed
 
 N_ITEMS = 24

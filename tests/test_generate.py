@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_spark import generate
+from recsys_spark import generate, ingest
 from recsys_spark.config import ConfigError, GenerateConfig, load_config
 
 SMALL = (
@@ -231,3 +231,23 @@ def test_plan_splits_users_and_events_exactly():
 def test_invalid_generate_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config("local", ["generate.items=50", override])
+
+
+def test_ingest_finds_exactly_what_was_planted(make_ctx):
+    summary = generate.run(make_ctx(*SMALL, "generate.bad_fraction=0.1"))
+    ctx = make_ctx(
+        "input.format=events", f"input.events={summary['events_path']}", f"input.items={summary['items_path']}"
+    )
+    ingested = ingest.run(ctx)
+    assert ingested["rows_in"] == summary["event_lines"]
+    assert ingested["rows_good"] == summary["events_good"]
+    assert ingested["rows_quarantined"] == summary["events_malformed"]
+    assert ingested["rows_duplicate"] == summary["events_duplicate"]
+    planted = {k: n for k, n in summary["bad_event_kinds"].items() if k != "duplicate"}
+    reasons = dict(ingested["quarantine_reasons"])
+    # The generator's kinds under ingest's reason names.
+    assert reasons.pop("malformed_json") == planted.pop("broken_json")
+    assert reasons.pop("unparsable_timestamp") == planted.pop("bad_timestamp")
+    assert reasons == planted
+    assert ingested["items_in"] == summary["item_lines"]
+    assert ingested["items_quarantined"] == summary["items_bad"]

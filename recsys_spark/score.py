@@ -335,7 +335,9 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
             F.countDistinct(F.when(~F.col("_popular"), F.col(USER_ID))).alias("personalised_users"),
             F.sum(F.col("_popular").cast("int")).alias("popular_rows"),
         ).first()
-        version = _write(ctx, final.drop("_popular").to(RECOMMENDATIONS), state, mode == "incremental")
+        # Columns cast in RECOMMENDATIONS order (not .to(): joins mark the key columns nullable).
+        rows = final.select(*[F.col(f.name).cast(f.dataType) for f in RECOMMENDATIONS.fields])
+        version = _write(ctx, rows, state, mode == "incremental")
     finally:
         final.unpersist()
     return {

@@ -230,8 +230,9 @@ def spark_submit(
 
 
 def summary_line(stdout: str) -> dict:
-    """The JSON summary the CLI prints as its last stdout line."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError("the job printed nothing on stdout")
-    return json.loads(lines[-1])
+    """The JSON summary the CLI prints on stdout: the last line that is a JSON object. Under
+    spark-submit the driver's stderr is merged into stdout, and py4j logs after the summary."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError(f"no JSON summary line in the job's output: {stdout[-2000:]!r}")

@@ -41,6 +41,7 @@ from recsys_spark.schemas import (
     USER_VECTORS_TABLE,
     VECTOR,
     WEIGHT,
+    conform,
     require_columns,
 )
 
@@ -147,7 +148,7 @@ def run(ctx: StageContext) -> dict:
     vectors = interest_vectors(events.filter(valid), active, half_life_days).select(
         USER_ID, VECTOR, N_HISTORY, MODEL, F.current_timestamp().alias(COMPUTED_AT)
     )
-    table_version = ctx.lake.replace(vectors.to(USER_VECTORS), USER_VECTORS_TABLE)
+    table_version = ctx.lake.replace(conform(vectors, USER_VECTORS, "interests: user_vectors rows"), USER_VECTORS_TABLE)
     with_vector = ctx.lake.read(USER_VECTORS_TABLE).count()
 
     summary = {

@@ -81,6 +81,15 @@ def parse_event_time(raw: Column) -> Column:
     return F.when(numeric, from_number).otherwise(text.try_cast("timestamp"))
 
 
+# An id is printable text: no control characters, no U+FFFD (invalid UTF-8 that was replaced),
+# and not a JSON object or array that a parser turned into text.
+_BAD_ID = r"[\p{Cntrl}\x{FFFD}]|^\s*[\[{]"
+
+
+def _bad_id(col: Column) -> Column:
+    return col.rlike(_BAD_ID)
+
+
 def validate_events(raw_events: DataFrame, cfg: IngestConfig, now: datetime) -> DataFrame:
     """Add ``reason`` (null for a good row) and the typed columns ``ts`` and ``value_num``.
 
@@ -98,6 +107,8 @@ def validate_events(raw_events: DataFrame, cfg: IngestConfig, now: datetime) -> 
         F.when(F.col(PARSE_ERROR).isNotNull(), F.col(PARSE_ERROR))
         .when(_blank(F.col(USER_ID)), F.lit("missing_user_id"))
         .when(_blank(F.col(ITEM_ID)), F.lit("missing_item_id"))
+        .when(_bad_id(F.col(USER_ID)), F.lit("invalid_user_id"))
+        .when(_bad_id(F.col(ITEM_ID)), F.lit("invalid_item_id"))
         .when(F.coalesce(too_long, F.lit(False)), F.lit(f"field_too_long: over {cfg.max_field_chars} characters"))
         .when(_blank(F.col(EVENT_TYPE)), F.lit("missing_event_type"))
         .when(~etype.isin(*cfg.event_types), F.lit("unknown_event_type"))
@@ -250,16 +261,34 @@ def _empty(spark: SparkSession, schema) -> DataFrame:
     return spark.createDataFrame([], schema)
 
 
+def _sources_condition(sources_seen: list[str], kind: Optional[str] = None) -> str:
+    quoted = ", ".join("'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'" for s in sources_seen)
+    condition = f"{SOURCE} IN ({quoted})"
+    return f"{KIND} = '{kind}' AND {condition}" if kind else condition
+
+
 def ingest_events(ctx: StageContext, raw_events: DataFrame, now: datetime) -> dict:
-    """Bronze append, validation, quarantine, dedupe and MERGE into silver/events; returns counts."""
-    lake = ctx.lake
+    """Bronze write, validation, quarantine, dedupe and MERGE into silver/events; returns counts.
+
+    Bronze and quarantine rows of this batch replace any earlier rows of the same source files
+    (``replaceWhere``), so a rerun after a failure part-way through adds nothing twice."""
     key = privacy_key(ctx.cfg.privacy)
     stamped = raw_events.withColumn(INGESTED_AT, F.lit(now).cast("timestamp"))
     if key is not None:
         stamped = apply_pseudonyms(stamped, key)
-    # Bronze is the record of what was received; the silver steps below re-read this version.
-    bronze_version = lake.append(stamped.select(RAW, *RAW_EVENT_FIELDS, PARSE_ERROR, SOURCE, INGESTED_AT), BRONZE_EVENTS_TABLE)
-    batch = lake.read(BRONZE_EVENTS_TABLE).where(F.col(INGESTED_AT) == F.lit(now).cast("timestamp"))
+    batch = stamped.select(RAW, *RAW_EVENT_FIELDS, PARSE_ERROR, SOURCE, INGESTED_AT).persist()
+    try:
+        return _ingest_event_batch(ctx, batch, now)
+    finally:
+        batch.unpersist()
+
+
+def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> dict:
+    lake = ctx.lake
+    sources_seen = [r[0] for r in batch.select(SOURCE).distinct().collect()]  # one per file
+    if not sources_seen:
+        return {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
+    bronze_version = lake.replace_where(batch, BRONZE_EVENTS_TABLE, _sources_condition(sources_seen))
 
     validated = validate_events(batch, ctx.cfg.ingest, now).persist()
     try:
@@ -273,10 +302,9 @@ def ingest_events(ctx: StageContext, raw_events: DataFrame, now: datetime) -> di
             .groupBy(REASON).count().collect()
         }
         quarantine = quarantine_rows(validated, "events")
-        if counts["rows_quarantined"] > 0:
-            lake.append(quarantine, QUARANTINE_TABLE)
-        elif not lake.exists(QUARANTINE_TABLE):
+        if not lake.exists(QUARANTINE_TABLE):
             lake.replace(_empty(ctx.spark, QUARANTINE), QUARANTINE_TABLE)
+        lake.replace_where(quarantine, QUARANTINE_TABLE, _sources_condition(sources_seen, "events"))
 
         typed = type_events(validated)
         # One row per event key within the batch; the MERGE then skips keys silver already has.
@@ -323,8 +351,13 @@ def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict
     validated = validate_items(stamped, ctx.cfg.ingest).persist()
     try:
         counts = validated.agg(F.count(F.lit(1)).alias("n"), F.count(F.col(REASON)).alias("bad")).first()
-        if counts["bad"] > 0:
-            lake.append(quarantine_rows(validated, "items"), QUARANTINE_TABLE)
+        sources_seen = [r[0] for r in validated.select(SOURCE).distinct().collect()]
+        if sources_seen:
+            if not lake.exists(QUARANTINE_TABLE):
+                lake.replace(_empty(ctx.spark, QUARANTINE), QUARANTINE_TABLE)
+            lake.replace_where(
+                quarantine_rows(validated, "items"), QUARANTINE_TABLE, _sources_condition(sources_seen, "items")
+            )
         typed = type_items(validated)
         unique = typed.dropDuplicates([ITEM_ID])
         n_unique = unique.count()

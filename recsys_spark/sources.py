@@ -173,7 +173,7 @@ def _split_fields(lines: DataFrame, sep_regex: str, names: tuple[str, ...], head
     """Split delimited lines into named string fields; a wrong field count is a parse error."""
     if header_first is not None:
         lines = lines.where(~F.col(RAW).startswith(header_first))
-    lines = lines.where(F.length(F.trim(F.col(RAW))) > 0)
+    lines = lines.where(~F.col(RAW).rlike(r"^\s*$"))
     parts = F.split(F.col(RAW), sep_regex)
     n = len(names)
     error = F.when(
@@ -328,11 +328,13 @@ def read_event_files(spark: SparkSession, files: list[InputFile]) -> Optional[Da
 
 
 def _read_json_events(spark: SparkSession, paths: list[str]) -> DataFrame:
-    lines = _text_lines(spark, paths).where(F.length(F.trim(F.col(RAW))) > 0)
+    lines = _text_lines(spark, paths).where(~F.col(RAW).rlike(r"^\s*$"))
     parsed = F.from_json(F.col(RAW), EVENTS_JSON_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
     df = lines.select(F.col(RAW), parsed.alias("j"), F.col(SOURCE))
-    # A line that is valid JSON but not an object (a list, a number) yields an all-null struct.
-    is_object = F.trim(F.col(RAW)).startswith("{")
+    # A line that is valid JSON but not an object (a list, a number) yields an all-null struct;
+    # text after the closing brace is ignored by the parser, so it is checked here.
+    stripped = F.regexp_replace(F.col(RAW), r"^\s+|\s+$", "")
+    is_object = stripped.startswith("{") & stripped.endswith("}")
     error = F.when(F.col("j").isNull() | F.col(f"j.{CORRUPT}").isNotNull(), F.lit("malformed_json")).when(
         ~is_object, F.lit("malformed_json: not an object")
     )
@@ -426,7 +428,7 @@ def read_item_files(spark: SparkSession, files: list[InputFile]) -> Optional[Dat
         by_format.setdefault(event_file_format(f.path), []).append(f.path)
     parts = []
     if "json" in by_format:
-        lines = _text_lines(spark, by_format["json"]).where(F.length(F.trim(F.col(RAW))) > 0)
+        lines = _text_lines(spark, by_format["json"]).where(~F.col(RAW).rlike(r"^\s*$"))
         parsed = F.from_json(F.col(RAW), ITEMS_JSON_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
         df = lines.select(RAW, parsed.alias("j"), SOURCE)
         error = F.when(

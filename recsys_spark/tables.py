@@ -89,6 +89,18 @@ class Lakehouse:
             writer.save(self.location(table))
         return self.version(table)
 
+    def replace_where(self, df: DataFrame, table: TableRef, condition: str) -> int:
+        """Replace the rows matching ``condition`` with ``df`` in one commit (``df`` must match it
+        too). A rerun of the same batch therefore replaces its rows instead of adding them again."""
+        if not self.exists(table):
+            return self.append(df, table)
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+        if self.catalog_mode:
+            writer.saveAsTable(self.location(table))
+        else:
+            writer.save(self.location(table))
+        return self.version(table)
+
     def append(self, df: DataFrame, table: TableRef) -> int:
         writer = df.write.format("delta").mode("append")
         if self.catalog_mode:

@@ -115,7 +115,7 @@ def check_rows(rows: list, expected_rows: int) -> None:
 def test_any_json_record_is_typed_or_quarantined(spark, tmp_path_factory, lines):
     folder = tmp_path_factory.mktemp("hypothesis-json")
     rendered = [render(record, cut, ascii_only) for record, cut, ascii_only in lines]
-    rendered = [line for line in rendered if line.strip(b" ")]
+    rendered = [line for line in rendered if line.strip()]
     (folder / "events.jsonl").write_bytes(b"\n".join(rendered) + b"\n")
     check_rows(validated_rows(spark, folder), len(rendered))
 
@@ -126,7 +126,7 @@ def test_any_bytes_are_counted_never_crash(spark, tmp_path_factory, lines):
     # Arbitrary bytes, one line each (line breaks taken out): invalid UTF-8, NULs, control codes.
     folder = tmp_path_factory.mktemp("hypothesis-bytes")
     cleaned = [line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines]
-    # Ingest skips lines that are empty once spaces are trimmed (Spark's trim: spaces only).
-    kept = [line for line in cleaned if line.strip(b" ")]
+    # Ingest skips blank lines: nothing but ASCII whitespace (Java's \s, Python's bytes.strip()).
+    kept = [line for line in cleaned if line.strip()]
     (folder / "events.jsonl").write_bytes(b"\n".join(cleaned) + b"\n")
     check_rows(validated_rows(spark, folder), len(kept))

@@ -110,11 +110,6 @@ def test_ingest_rerun_after_a_failure_stores_each_event_once(make_ctx, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest appends quarantine (and bronze) rows before the silver MERGE and records the files only "
-    "after it, so a rerun after a failure in between appends the batch's quarantine rows again",
-)
 def test_ingest_rerun_after_a_failure_quarantines_each_line_once(make_ctx, monkeypatch):
     gen, ctx = fail_before_silver_merge(make_ctx, monkeypatch)
     assert ctx.lake.read(QUARANTINE_TABLE).where("kind = 'events'").count() == gen["events_malformed"]

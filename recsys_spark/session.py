@@ -46,9 +46,11 @@ def get_spark(cfg: Config) -> SparkSession:
         # Keep every Delta write an ACID commit whose history stays readable for rollback.
         "spark.databricks.delta.retentionDurationCheck.enabled": "true",
     }
-    if sc.add_delta_jars and not on_databricks():
+    if not on_databricks():
+        # Harmless when the launcher set them too; needed whoever ships the jars.
         settings["spark.sql.extensions"] = DELTA_EXTENSION
         settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    if sc.add_delta_jars and not on_databricks():
         if sc.delta_jars:
             settings["spark.jars"] = sc.delta_jars
         else:

@@ -78,12 +78,18 @@ class Lakehouse:
         return int(self._delta_table(table).history(1).select("version").first()[0])
 
     # ---- writing -----------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        if self.catalog_mode:
+            prefix = f"{self.cfg.tables.catalog}." if self.cfg.tables.catalog else ""
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}{self.cfg.tables.schema}")
+
     def replace(self, df: DataFrame, table: TableRef, partition_by: Sequence[str] = ()) -> int:
         """Replace the table's content in one commit; returns the new version."""
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         if self.catalog_mode:
+            self._ensure_schema()
             writer.saveAsTable(self.location(table))
         else:
             writer.save(self.location(table))
@@ -104,6 +110,7 @@ class Lakehouse:
     def append(self, df: DataFrame, table: TableRef) -> int:
         writer = df.write.format("delta").mode("append")
         if self.catalog_mode:
+            self._ensure_schema()
             writer.saveAsTable(self.location(table))
         else:
             writer.save(self.location(table))

@@ -23,6 +23,8 @@ def test_config(warehouse: Path, *overrides: str) -> Config:
         "spark.master=local[2]",
         "spark.shuffle_partitions=2",
         "spark.driver_memory=2g",
+        # Delta replays its log with 50 tasks by default: far too many for tiny test tables.
+        "spark.conf.spark.databricks.delta.snapshotPartitions=2",
     ]
     return load_config("local", base + list(overrides))
 

@@ -33,6 +33,7 @@ from recsys_spark.schemas import (
     METRIC,
     METRICS,
     METRICS_TABLE,
+    RUN_ID,
     N_USERS,
     PROTOCOL,
     RANK,
@@ -294,7 +295,9 @@ def run(ctx: StageContext) -> dict:
         [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in rows],
         METRICS,
     )
-    version = ctx.lake.append(table, METRICS_TABLE)
+    # This run's rows replace any earlier rows of the same run_id: a rerun adds nothing twice.
+    run_id = ctx.run_id.replace("'", "''")
+    version = ctx.lake.replace_where(table, METRICS_TABLE, f"{RUN_ID} = '{run_id}'")
     for cached in (targets, all_items, popularity) + ((negatives,) if negatives is not None else ()):
         cached.unpersist()
 

@@ -7,6 +7,7 @@ Spark. Values are parsed with ``yaml.safe_load`` only: nothing in a config is ex
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import typing
 from dataclasses import dataclass, field
@@ -383,6 +384,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)
     if hint is str:
+        # YAML reads 2024-01-01 and ISO times as dates; a time key wants them back as text.
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
         return str(value)

@@ -25,8 +25,11 @@ def test_overrides_are_typed():
             "privacy.pseudonymize_users=true",
             "spark.conf.spark.sql.adaptive.enabled=false",
             "interests.half_life_days=30",
+            "features.time_cut=2024-01-02T03:04:05+00:00",
+            "ingest.min_timestamp=2000-01-01",
         ],
     )
+    assert cfg.features.time_cut == "2024-01-02T03:04:05+00:00" and cfg.ingest.min_timestamp == "2000-01-01"
     assert cfg.warehouse == "/tmp/x" and cfg.train.epochs == 3 and cfg.evaluate.ks == (1, 5)
     assert cfg.privacy.pseudonymize_users is True
     assert cfg.spark.conf == {"spark.sql.adaptive.enabled": False}

@@ -21,6 +21,9 @@ from recsys_spark.schemas import (
     USER_SEQUENCES_TABLE,
 )
 
+# Excluded from the default run (pytest.ini) until it has passed once: written but never run to completion on this session's saturated VM; run with: pytest -m unverified.
+pytestmark = pytest.mark.unverified
+
 REPO = Path(__file__).resolve().parents[2]
 KILL_TIMEOUT_SECONDS = 900
 

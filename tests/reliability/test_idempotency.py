@@ -29,6 +29,10 @@ TINY = (
     "generate.partitions=2",
     "generate.bad_fraction=0.04",
 )
+
+# Excluded from the default run (pytest.ini) until it has passed once: written but never run to completion on this session's saturated VM; run with: pytest -m unverified.
+pytestmark = pytest.mark.unverified
+
 # When a row was written, not what it says: differs between runs by design.
 WRITE_TIMES = {"_ingested_at", "encoded_at", "computed_at", "generated_at"}
 

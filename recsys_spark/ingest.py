@@ -339,9 +339,18 @@ def _merge_insert_only(ctx: StageContext, unique: DataFrame, n_unique: int) -> i
 
     location = ctx.lake.location(SILVER_EVENTS_TABLE)
     target = DeltaTable.forName(ctx.spark, location) if ctx.lake.catalog_mode else DeltaTable.forPath(ctx.spark, location)
+    before = target.history(1).select("version").first()[0]
     target.alias("t").merge(unique.alias("s"), f"t.{EVENT_ID} = s.{EVENT_ID}").whenNotMatchedInsertAll().execute()
-    metrics = target.history(1).select("operationMetrics").first()[0] or {}
-    return int(metrics.get("numTargetRowsInserted", 0))
+    return int(_merge_metrics(target, before).get("numTargetRowsInserted", 0))
+
+
+def _merge_metrics(target, version_before: int) -> dict:
+    """The operation metrics of the MERGE just run; empty when it changed nothing. (A MERGE that
+    changes nothing writes no commit, and then the latest commit is an older operation's.)"""
+    last = target.history(1).select("version", "operationMetrics").first()
+    if last["version"] == version_before:
+        return {}
+    return last["operationMetrics"] or {}
 
 
 def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict:
@@ -367,6 +376,7 @@ def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict
 
         location = lake.location(SILVER_ITEMS_TABLE)
         target = DeltaTable.forName(ctx.spark, location) if lake.catalog_mode else DeltaTable.forPath(ctx.spark, location)
+        before = target.history(1).select("version").first()[0]
         (
             target.alias("t")
             .merge(unique.alias("s"), f"t.{ITEM_ID} = s.{ITEM_ID}")
@@ -374,7 +384,7 @@ def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict
             .whenNotMatchedInsertAll()
             .execute()
         )
-        metrics = target.history(1).select("operationMetrics").first()[0] or {}
+        metrics = _merge_metrics(target, before)
     finally:
         validated.unpersist()
     good = int(counts["n"] - counts["bad"])

@@ -307,11 +307,26 @@ EVENTS_JSON_SCHEMA = T.StructType(
 )
 
 
-def read_event_files(spark: SparkSession, files: list[InputFile]) -> Optional[DataFrame]:
-    """Generic event logs, any mix of JSON Lines, CSV and Parquet, as raw events."""
+def _paths_by_format(files: list[InputFile]) -> dict[str, list[str]]:
+    """File paths grouped by format (json | csv | parquet); an unknown file is an InputError."""
     by_format: dict[str, list[str]] = {}
     for f in files:
         by_format.setdefault(event_file_format(f.path), []).append(f.path)
+    return by_format
+
+
+def _union_all(parts: list[DataFrame]) -> Optional[DataFrame]:
+    if not parts:
+        return None
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
+def read_event_files(spark: SparkSession, files: list[InputFile]) -> Optional[DataFrame]:
+    """Generic event logs, any mix of JSON Lines, CSV and Parquet, as raw events."""
+    by_format = _paths_by_format(files)
     parts = []
     if "json" in by_format:
         parts.append(_read_json_events(spark, by_format["json"]))
@@ -319,12 +334,7 @@ def read_event_files(spark: SparkSession, files: list[InputFile]) -> Optional[Da
         parts.extend(_read_csv_events(spark, by_format["csv"]))
     if "parquet" in by_format:
         parts.append(_read_parquet_events(spark, by_format["parquet"]))
-    if not parts:
-        return None
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
+    return _union_all(parts)
 
 
 def _read_json_events(spark: SparkSession, paths: list[str]) -> DataFrame:
@@ -423,9 +433,7 @@ def _list_field(col: Column) -> Column:
 
 def read_item_files(spark: SparkSession, files: list[InputFile]) -> Optional[DataFrame]:
     """A generic item catalog (JSON Lines, CSV or Parquet) as raw items."""
-    by_format: dict[str, list[str]] = {}
-    for f in files:
-        by_format.setdefault(event_file_format(f.path), []).append(f.path)
+    by_format = _paths_by_format(files)
     parts = []
     if "json" in by_format:
         lines = _text_lines(spark, by_format["json"]).where(~F.col(RAW).rlike(r"^\s*$"))
@@ -481,10 +489,5 @@ def read_item_files(spark: SparkSession, files: list[InputFile]) -> Optional[Dat
             F.col("_metadata.file_path").alias(SOURCE),
         )
         parts.append(df.select(RAW, *RAW_ITEM_FIELDS, PARSE_ERROR, SOURCE))
-    if not parts:
-        return None
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
+    return _union_all(parts)
 

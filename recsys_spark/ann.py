@@ -466,12 +466,15 @@ def exact_search(
         return _empty(queries)
     n_groups = max(1, math.ceil(item_counts.usable / (block_size * _BLOCKS_PER_GROUP)))
     n_blocks = max(1, math.ceil(query_counts.usable / block_size))
-    items_by_list = items_ok.withColumn(LIST_ID, F.pmod(F.xxhash64(ITEM_ID), F.lit(n_groups))).withColumn(
-        QUERY_BLOCK, F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1)))
-    )
+    # Both sides' keys must have the same types (int): cogroup hash-partitions each side by its
+    # keys, and an int and a long of the same value hash differently, so groups would miss
+    # each other and their pairs vanish without an error.
+    items_by_list = items_ok.withColumn(
+        LIST_ID, F.pmod(F.xxhash64(ITEM_ID), F.lit(n_groups)).cast("int")
+    ).withColumn(QUERY_BLOCK, F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1))))
     queries_by_list = (
         _with_exclusions(queries_ok, exclude)
-        .withColumn(QUERY_BLOCK, F.pmod(F.xxhash64(QUERY_ID), F.lit(n_blocks)))
+        .withColumn(QUERY_BLOCK, F.pmod(F.xxhash64(QUERY_ID), F.lit(n_blocks)).cast("int"))
         .withColumn(LIST_ID, F.explode(F.sequence(F.lit(0), F.lit(n_groups - 1))))
     )
     return _run_lists(items_by_list, queries_by_list, k, block_size, [LIST_ID, QUERY_BLOCK])

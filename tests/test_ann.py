@@ -93,6 +93,37 @@ def test_exact_search_matches_numpy_reference_and_excludes(spark):
     assert first[SCORE].tolist() == pytest.approx(sorted((queries[5] @ items.T).tolist(), reverse=True)[:5], abs=1e-5)
 
 
+@pytest.mark.parametrize("shuffle_partitions", [2, 8, 16])
+def test_exact_search_with_exclusions_loses_no_query_at_any_partitioning(spark, shuffle_partitions):
+    """Regression: the two sides of the search's cogroup had keys of different types (int and
+    long), which hash to different shuffle partitions; with exclusions joined in, every pair
+    vanished without an error (ml-latest-small's content baseline came back empty). Adaptive
+    execution hid it on small inputs by coalescing the shuffle into one partition, so it is off
+    here, as it may be on a cluster."""
+    rng = np.random.default_rng(4)
+    items = normalize_rows(rng.normal(size=(200, 8)))
+    queries = normalize_rows(rng.normal(size=(30, 8)))
+    item_ids = [f"i{j:03d}" for j in range(len(items))]
+    query_ids = [f"q{j:02d}" for j in range(len(queries))]
+    exclude = spark.createDataFrame(
+        [(q, item_ids[j]) for q in query_ids for j in range(0, 200, 20)], f"{QUERY_ID} string, {ITEM_ID} string"
+    )
+    previous = {key: spark.conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}
+    spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        for block_size in (16, 4096):  # several groups and blocks; one group and one block
+            result = exact_search(
+                vectors_df(spark, QUERY_ID, query_ids, queries), vectors_df(spark, ITEM_ID, item_ids, items), 4,
+                exclude=exclude, block_size=block_size,
+            ).toPandas()
+            assert len(result) == 30 * 4, (block_size, len(result))
+            assert not set(result[ITEM_ID]) & {item_ids[j] for j in range(0, 200, 20)}
+    finally:
+        for key, value in previous.items():
+            spark.conf.set(key, value)
+
+
 def test_ivf_recall_on_clustered_set_meets_target(spark, make_ctx):
     target = make_ctx().cfg.retrieve.recall_target
     rng = np.random.default_rng(4)

@@ -21,9 +21,6 @@ from recsys_spark.schemas import (
     USER_SEQUENCES_TABLE,
 )
 
-# Excluded from the default run (pytest.ini) until it has passed once: written but never run to completion on this session's saturated VM; run with: pytest -m unverified.
-pytestmark = pytest.mark.unverified
-
 REPO = Path(__file__).resolve().parents[2]
 KILL_TIMEOUT_SECONDS = 900
 
@@ -106,6 +103,7 @@ def test_ingest_killed_mid_write(make_ctx, tmp_path, watched_table):
         cli_args("ingest", ctx.cfg.warehouse, inputs), Path(ctx.lake.location(watched_table)), tmp_path / "killed.log"
     )
     assert outcome["killed"], f"the write finished before it could be killed: {outcome}"
+    print(f"killed ingest while writing {watched_table}: {outcome}")  # the README's Guarantees figure
 
     # Every table readable; each at its old version or at a later, complete one.
     good = first["events_good"]
@@ -136,6 +134,7 @@ def test_features_killed_mid_write(make_ctx, tmp_path):
         tmp_path / "killed.log",
     )
     assert outcome["killed"], f"the write finished before it could be killed: {outcome}"
+    print(f"killed features while writing {USER_SEQUENCES_TABLE}: {outcome}")
     assert ctx.lake.version(USER_SEQUENCES_TABLE) == previous
     sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
     assert sequences.count() == first["users"]

@@ -40,13 +40,17 @@ def sequence_row(user: str, items: list, val: list, test: list) -> tuple:
     )
 
 
-def cyclic_sequences(spark, users: int = 60, seed: int = 0):
-    """Users walk the items in a cycle (the next item is always the successor): learnable."""
+def cyclic_sequences(spark, users: int = 60, seed: int = 0, jump: float = 0.0):
+    """Users walk the items in a cycle: the next item is the successor, or with probability
+    ``jump`` a random item. Learnable; with ``jump`` > 0 the best loss is well above 0."""
     rng = random.Random(seed)
     rows = []
     for u in range(users):
-        start, n = rng.randrange(N_ITEMS), rng.randint(7, 14)
-        items = [f"i{(start + j) % N_ITEMS}" for j in range(n)]
+        position, n = rng.randrange(N_ITEMS), rng.randint(7, 14)
+        items = []
+        for _ in range(n):
+            items.append(f"i{position}")
+            position = rng.randrange(N_ITEMS) if rng.random() < jump else (position + 1) % N_ITEMS
         rows.append(sequence_row(f"u{u}", items, [items[-2]], [items[-1]]))
     return rows
 
@@ -117,7 +121,6 @@ def test_local_training_publishes_a_model_and_counts_bad_input(make_ctx):
     # The cyclic rule was learned: after i5, i6 outranks a far item.
     [probs] = ranker.score([["i3", "i4", "i5"]], [["i6", "i17"]])
     assert probs[0] > probs[1]
-    pytest.shared_local_val_loss = summary["val_loss"]  # compared with the 2-process runs below
 
 
 def test_failed_training_leaves_the_previous_model_in_service(make_ctx, monkeypatch):
@@ -163,11 +166,6 @@ def assert_two_identical_workers(ctx, summary) -> None:
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     history = json.load(open(os.path.join(model_dir, "history.json")))
     assert history["val_loss"][-1] < history["val_loss"][0]
-    TWO_WORKER_VAL_LOSS[summary["backend"]] = summary["val_loss"]
-
-
-# val_loss of the 2-worker runs above, compared with the one-process run below.
-TWO_WORKER_VAL_LOSS: dict = {}
 
 
 @pytest.mark.slow
@@ -189,18 +187,30 @@ def test_tf_distribute_barrier_two_workers(make_ctx):
     assert_two_identical_workers(ctx, summary)
 
 
+# Trained to convergence on data with a loss floor well above 0 (a quarter of the steps jump to
+# a random item), so "within a few percent" compares two converged models, not two points on a
+# curve falling towards 0. Measured on the 2-core VM: horovod 0.327 / 0.305 vs one process
+# 0.324 / 0.316 (1-3% apart), tf_distribute 0.328 vs 0.315 (4%); runs of one backend differ by up
+# to 7% between them (200 validation examples), hence the 10% tolerance.
+CONVERGED = ("train.epochs=20", "train.early_stopping_patience=4")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["horovod", "tf_distribute"])
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 4 open): with the same epochs, 2 workers make half the updates; measured "
-    "horovod val_loss 0.2117 vs 0.1711 in one process (24% apart, target: a few percent)",
-)
-def test_two_workers_reach_the_one_process_val_loss(backend):
-    local = getattr(pytest, "shared_local_val_loss", None)
-    if local is None or backend not in TWO_WORKER_VAL_LOSS:
-        pytest.skip("needs the one-process and the 2-worker training tests of this run")
-    assert TWO_WORKER_VAL_LOSS[backend] == pytest.approx(local, rel=0.1)
+def test_two_workers_reach_the_one_process_val_loss(make_ctx, tmp_path, backend):
+    if backend == "horovod":
+        pytest.importorskip("horovod.spark")
+    rows = cyclic_sequences(None, users=200, jump=0.25)
+    losses = {}
+    # The 2-worker run first: horovod.spark.run once failed to start ("Empty") right after a
+    # one-process training in the same driver on this data (see the issue 4 note).
+    for name, settings in ((backend, (f"train.backend={backend}", "train.num_workers=2")), ("local", ())):
+        ctx = make_ctx(*TRAIN_SETTINGS, *CONVERGED, *settings, warehouse=tmp_path / name)
+        write_sequences(ctx, rows)
+        summary = train.run(ctx)
+        assert summary["backend"] == name
+        losses[name] = summary["val_loss"]
+    assert losses[backend] == pytest.approx(losses["local"], rel=0.1), losses
 
 
 @pytest.mark.slow

@@ -168,33 +168,23 @@ def assert_two_identical_workers(ctx, summary) -> None:
     assert history["val_loss"][-1] < history["val_loss"][0]
 
 
-@pytest.mark.slow
-def test_horovod_spark_run_two_workers(make_ctx):
-    pytest.importorskip("horovod.spark")
-    ctx = make_ctx(*TRAIN_SETTINGS, "train.backend=horovod", "train.num_workers=2")
-    write_sequences(ctx, cyclic_sequences(ctx.spark))
-    summary = train.run(ctx)
-    assert summary["backend"] == "horovod"
-    assert_two_identical_workers(ctx, summary)
+# Each 2-worker backend, and the module it needs beyond TensorFlow (None: nothing more).
+TWO_WORKER_BACKENDS = {
+    "horovod": "horovod.spark",  # horovod.spark.run on the Spark executors
+    "tf_distribute": None,  # MultiWorkerMirroredStrategy in barrier tasks
+    "horovodrun": "horovod.tensorflow",  # horovodrun -np 2 --gloo, plain processes outside Spark
+}
 
 
 @pytest.mark.slow
-def test_tf_distribute_barrier_two_workers(make_ctx):
-    ctx = make_ctx(*TRAIN_SETTINGS, "train.backend=tf_distribute", "train.num_workers=2")
+@pytest.mark.parametrize("backend", list(TWO_WORKER_BACKENDS))
+def test_two_workers_end_with_identical_weights(make_ctx, backend):
+    if TWO_WORKER_BACKENDS[backend]:
+        pytest.importorskip(TWO_WORKER_BACKENDS[backend])
+    ctx = make_ctx(*TRAIN_SETTINGS, f"train.backend={backend}", "train.num_workers=2")
     write_sequences(ctx, cyclic_sequences(ctx.spark))
     summary = train.run(ctx)
-    assert summary["backend"] == "tf_distribute"
-    assert_two_identical_workers(ctx, summary)
-
-
-@pytest.mark.slow
-def test_horovodrun_two_workers(make_ctx):
-    """``horovodrun -np 2 --gloo`` outside Spark: the ranks are plain processes on this machine."""
-    pytest.importorskip("horovod.tensorflow")
-    ctx = make_ctx(*TRAIN_SETTINGS, "train.backend=horovodrun", "train.num_workers=2")
-    write_sequences(ctx, cyclic_sequences(ctx.spark))
-    summary = train.run(ctx)
-    assert summary["backend"] == "horovodrun"
+    assert summary["backend"] == backend
     assert_two_identical_workers(ctx, summary)
 
 

@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.ann import (
+    VectorCounts,
     clean_vectors,
     exact_search,
     ivf_search,
@@ -99,13 +100,14 @@ def lstm_item_vectors(spark, model_dir: str) -> DataFrame:
 
 
 def make_search(
-    ctx: StageContext, items: DataFrame, n_items: int, what: str
+    ctx: StageContext, items: DataFrame, counts: VectorCounts, what: str
 ) -> tuple[str, Search, dict]:
     """Choose exact or IVF for ``items`` and return ``(method, search(queries, k, exclude), index info)``.
 
     An IVF index's centroids are trained once here and shared by every search over ``items``.
     """
     rc = ctx.cfg.retrieve
+    n_items = counts.usable
     method = rc.method
     if method == "auto":
         method = "exact" if n_items <= rc.exact_max_items else "ivf"
@@ -113,7 +115,7 @@ def make_search(
         return method, functools.partial(exact_search, items=items, block_size=rc.block_size), {}
     nlist = min(rc.nlist or max(1, round(math.sqrt(n_items))), n_items)
     ctx.progress(f"retrieve: training IVF index on {what} ({nlist} lists)")
-    centroids = train_centroids(items, nlist, rc.kmeans_iterations, rc.seed)
+    centroids = train_centroids(items, nlist, rc.kmeans_iterations, rc.seed, n_items=n_items, dim=counts.dim)
     search = functools.partial(
         ivf_search, items=items, nlist=nlist, nprobe=rc.nprobe, seed=rc.seed,
         iterations=rc.kmeans_iterations, block_size=rc.block_size, centroids=centroids,
@@ -196,7 +198,7 @@ def run(ctx: StageContext) -> dict:
     queries = queries.cache()
     try:
         exclude = seen_pairs(sequences)
-        method, search, index_info = make_search(ctx, items, item_counts.usable, "user->item")
+        method, search, index_info = make_search(ctx, items, item_counts, "user->item")
         ctx.progress(f"retrieve: {method} search, {query_counts.usable} users x {item_counts.usable} items")
         started = time.perf_counter()
         lake.replace(candidates_frame(search(queries, k=rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE)
@@ -209,7 +211,7 @@ def run(ctx: StageContext) -> dict:
 
     ctx.progress("retrieve: item -> item neighbours")
     item_method, item_search, _ = (
-        (method, search, index_info) if items is text_items else make_search(ctx, text_items, text_counts.usable, "item->item")
+        (method, search, index_info) if items is text_items else make_search(ctx, text_items, text_counts, "item->item")
     )
     item_queries = text_items.select(F.col(ITEM_ID).alias(QUERY_ID), VECTOR)
     self_pairs = text_items.select(F.col(ITEM_ID).alias(QUERY_ID), ITEM_ID)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from recsys_spark import ann
 from recsys_spark.ann import (
     TopK,
     clean_vectors,
@@ -124,6 +125,36 @@ def test_exact_search_with_exclusions_loses_no_query_at_any_partitioning(spark, 
             spark.conf.set(key, value)
 
 
+def test_searches_cut_into_many_parts_and_query_blocks_match_brute_force(spark, monkeypatch):
+    """Small task limits force every item into one of several parts and every query into one of
+    several blocks; exact search and IVF probing every cell must still give the exact top-k,
+    ties by id, exclusions honoured."""
+    monkeypatch.setattr(ann, "ITEMS_PER_TASK", 37)
+    monkeypatch.setattr(ann, "QUERIES_PER_TASK", 9)
+    assert ann._plan(spark, 250, 30, 250, 250) == (7, 4)
+    rng = np.random.default_rng(8)
+    items = normalize_rows(rng.normal(size=(250, 8)))
+    items[100] = items[3]
+    queries = normalize_rows(rng.normal(size=(30, 8)))
+    queries[0] = items[3]
+    item_ids = [f"i{j:03d}" for j in range(len(items))]
+    query_ids = [f"q{j:02d}" for j in range(len(queries))]
+    reference = brute_force(queries, items, 6)
+    excluded = {(query_ids[q], item_ids[reference[q][1]]) for q in range(1, len(queries))}
+    exclude = spark.createDataFrame(sorted(excluded), f"{QUERY_ID} string, {ITEM_ID} string")
+    queries_df = vectors_df(spark, QUERY_ID, query_ids, queries)
+    items_df = vectors_df(spark, ITEM_ID, item_ids, items)
+    for result in (
+        exact_search(queries_df, items_df, 5, exclude=exclude, block_size=16),
+        ivf_search(queries_df, items_df, 5, nlist=12, nprobe=12, exclude=exclude, block_size=16),
+    ):
+        got = result.toPandas().sort_values([QUERY_ID, RANK]).groupby(QUERY_ID)[ITEM_ID].apply(list).to_dict()
+        assert len(got) == len(queries)
+        for q, qid in enumerate(query_ids):
+            assert got[qid] == [item_ids[j] for j in reference[q] if (qid, item_ids[j]) not in excluded][:5], qid
+        assert got["q00"][:2] == ["i003", "i100"]
+
+
 def test_ivf_recall_on_clustered_set_meets_target(spark, make_ctx):
     target = make_ctx().cfg.retrieve.recall_target
     rng = np.random.default_rng(4)
@@ -168,12 +199,13 @@ def test_bad_vectors_are_counted_and_skipped(spark):
         ("zero", [0.0, 0.0, 0.0]),
         ("null", None),
         ("empty", []),
+        ("null element", [1.0, None, 0.0]),
     ]
     items = spark.createDataFrame(rows, f"{ITEM_ID} string, {VECTOR} array<float>")
     clean, counts = clean_vectors(items, ITEM_ID)
     assert counts.dim == 3
     assert (counts.rows, counts.usable, counts.missing, counts.wrong_dimension, counts.non_finite, counts.zero) == (
-        9, 3, 2, 1, 2, 1
+        10, 3, 2, 1, 3, 1
     )
     assert sorted(r[ITEM_ID] for r in clean.collect()) == ["a", "b", "c"]
     queries = spark.createDataFrame([("q", [0.0, 0.0, 1.0]), ("bad", [1.0])], f"{QUERY_ID} string, {VECTOR} array<float>")
@@ -202,11 +234,14 @@ def test_empty_item_table_gives_empty_result_and_dimension_mismatch_is_an_error(
         exact_search(queries, items, 3)
 
 
-def test_train_centroids_are_unit_vectors_near_the_clusters(spark):
+@pytest.mark.parametrize("max_driver_sample_mb", [256, 0], ids=["on-driver", "spark-jobs"])
+def test_train_centroids_are_unit_vectors_near_the_clusters(spark, max_driver_sample_mb):
     rng = np.random.default_rng(6)
     centers = normalize_rows(rng.normal(size=(4, 10)))
     items = clustered(400, 10, centers, 0.05, rng)
-    centroids = train_centroids(vectors_df(spark, ITEM_ID, range(len(items)), items), 4, iterations=10, seed=1)
+    centroids = train_centroids(
+        vectors_df(spark, ITEM_ID, range(len(items)), items), 4, iterations=10, seed=1, max_driver_sample_mb=max_driver_sample_mb
+    )
     assert centroids.shape == (4, 10)
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
     # every true cluster centre has a centroid close to it

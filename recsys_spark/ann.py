@@ -283,9 +283,9 @@ def numpy_ivf_search(
 
 
 # ---- vectors in Arrow ------------------------------------------------------------------
-# Between Python stages a vector travels as one binary value: its float32 bytes. Spark moves an
-# array<float> into and out of Arrow one element at a time (~40 us per 384-float row each way,
-# measured), a binary value as one copy; numpy reads the bytes of a whole batch without copying.
+# Between Python stages a vector travels as one binary value: its float32 bytes, which numpy
+# reads for a whole batch without a copy. Measured on 100k 384-float rows, an identity stage took
+# 4.5 s through pandas, 1.05 s through Arrow as array<float>, 0.76 s through Arrow as binary.
 _MISSING, _WRONG_DIMENSION, _NON_FINITE, _ZERO, _USABLE = range(5)
 _MAX_CHUNK_BYTES = 1 << 30  # Arrow binary offsets are int32
 

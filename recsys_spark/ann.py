@@ -308,11 +308,11 @@ def _vector_codes(ids: pa.Array, vectors: pa.Array, dim: Optional[int]) -> tuple
     floats = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # null -> NaN
     starts = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0))])[:-1]
     for size in np.unique(lengths[present]):
-        rows = np.flatnonzero(present & (lengths == size))
         if dim is not None and size != dim:
             continue
-        if rows.size == n or (rows.size and rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(starts[rows]) == size)):
-            block = floats[starts[rows[0]] : starts[rows[0]] + rows.size * size].reshape(rows.size, size)
+        rows = np.flatnonzero(present & (lengths == size))
+        if rows.size == n:  # the usual batch: every row one length, values back to back
+            block = floats.reshape(n, size)
         else:
             block = floats[starts[rows][:, None] + np.arange(size)]
         finite = np.isfinite(block).all(axis=1)

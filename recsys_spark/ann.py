@@ -5,17 +5,29 @@ Both searches read ``queries`` as ``(query_id, vector)`` and ``items`` as ``(ite
 ``(query_id, item_id, rank, score)``: the top ``k`` items of every query by cosine, ties broken
 by ``item_id``, never a pair listed in ``exclude`` ``(query_id, item_id)``.
 
-The shape is the same for both. Items are split into lists: k-means cells for IVF, one hash
-group per part for the exact search. Lists are gathered into a few *parts* (one per core, more
-when a part would exceed ``ITEMS_PER_TASK`` items), and each query is sent once to every
-part holding a list it must scan (every part for exact, those with its ``nprobe`` nearest cells
-for IVF). A ``cogroup`` on the part hands its items and queries to a Python worker, which walks
-the part list by list, multiplies each list's items with the queries probing it in
-``block_size`` blocks (BLAS), and keeps one running top-K per query (:class:`TopK`). A per-query
-merge of the parts' top-Ks gives the answer. Vectors travel between the Python stages as float32
-bytes in a binary column, never as Spark arrays (see :func:`_binary`). The item table is never
-collected on the driver: only the k-means centroids (``nlist x dim``) and, to train them, a
-sample of at most ``nlist x 64`` items when it fits in 256 MiB (:func:`train_centroids`).
+First, one pass over each side checks and encodes the vectors (:func:`encode_vectors`): rows
+that cannot be searched are counted by reason and skipped, the rest are unit-normalised and kept
+on the executors as float32 bytes in a binary column, so later stages never decode Spark arrays
+again. Items are split into lists: k-means cells for IVF, a single list for the exact search.
+
+The search then takes one of two shapes, as Spark's joins do:
+
+* **Queries sent with the task** (their vectors take at most ``BROADCAST_QUERY_BYTES``, the
+  usual case: users of one run or one catalog's items). The queries, with the cells each must
+  probe, are collected on the driver and travel with the task; every item partition is searched
+  where it lies, in chunks of at most ``ITEMS_PER_TASK`` items. The items are never shuffled.
+* **Cogrouped** (larger query sets). Lists are gathered into a few *parts* (one per core, more
+  when a part would exceed ``ITEMS_PER_TASK`` items), queries into blocks of at most
+  ``QUERIES_PER_TASK``, and each query is sent once to every part holding a list it must scan
+  (every part for exact, those with its ``nprobe`` nearest cells for IVF). A ``cogroup`` on
+  (part, block) hands a task its items and queries.
+
+Either way a Python worker walks its items list by list, multiplies each list with the queries
+probing it in ``block_size`` blocks (BLAS), and keeps one running top-K per query
+(:class:`TopK`); a per-query merge of the partial top-Ks gives the answer. The item table is
+never collected on the driver: only the k-means centroids (``nlist x dim``), the queries when
+small, and, to train the centroids, a sample of at most ``nlist x 64`` items when it fits in
+256 MiB (:func:`train_centroids`).
 
 The numpy functions (``numpy_exact_search``, ``numpy_ivf_search``, ``kmeans``) are the same
 kernels in one process: the reference for tests and the single-machine baseline of the bench.
@@ -47,6 +59,8 @@ BUCKET = "_bucket"
 VEC = "_vec"
 PART = "_part"
 PROBES = "_probes"
+_LENGTH = "_len"
+_CODE = "_code"
 
 RESULTS = T.StructType(
     [
@@ -68,6 +82,9 @@ _PARTIAL_ARROW = pa.schema([(QUERY_ID, pa.string()), (ITEM_ID, pa.string()), (SC
 # A search task holds at most this many items, and this many queries, in memory.
 ITEMS_PER_TASK = 65_536
 QUERIES_PER_TASK = 65_536
+# Queries whose vectors take at most this many bytes are sent to every item partition with the
+# task (like a broadcast join): no shuffle of the items. Larger query sets are cogrouped.
+BROADCAST_QUERY_BYTES = 64 << 20
 # k-means is trained on at most this many sampled items per centroid (faiss uses 39..256).
 TRAIN_POINTS_PER_LIST = 64
 
@@ -421,6 +438,12 @@ def vector_counts(df: DataFrame, id_col: str, dim: Optional[int] = None) -> Vect
     """
     require_columns(df, [id_col, VECTOR], "vector search input")
     stats = df.select(id_col, VECTOR).mapInArrow(partial(_code_counts, id_col), "length long, code int, n long").collect()
+    return _tally(stats, dim, id_col)
+
+
+def _tally(stats: list, dim: Optional[int], label: str) -> VectorCounts:
+    """:class:`VectorCounts` from rows ``(length, code, n)``; ``dim`` None: the most common
+    length among the vectors with finite components."""
     finite_sizes: dict[int, int] = {}
     for row in stats:
         if row["code"] in (_ZERO, _USABLE):
@@ -438,7 +461,7 @@ def vector_counts(df: DataFrame, id_col: str, dim: Optional[int] = None) -> Vect
             counts[names[row["code"]]] += row["n"]
     result = VectorCounts(rows=sum(r["n"] for r in stats), dim=dim, **counts)
     if result.skipped:
-        log.warning("vector search input (%s): skipped %d bad vector(s): %s", id_col, result.skipped, result.to_dict())
+        log.warning("vector search input (%s): skipped %d bad vector(s): %s", label, result.skipped, result.to_dict())
     return result
 
 
@@ -459,6 +482,71 @@ def clean_vectors(df: DataFrame, id_col: str, dim: Optional[int] = None) -> tupl
     """
     counts = vector_counts(df, id_col, dim)
     return df.mapInArrow(partial(_keep_usable, id_col, counts.dim), df.schema), counts
+
+
+def _unit_bytes(vectors: pa.Array, usable: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Binary column: each usable row's unit-normalised float32 bytes, ``b""`` for the others
+    (rows may differ in length)."""
+    n = len(vectors)
+    if n and usable.all() and (lengths == lengths[0]).all():
+        return _binary(_usable_matrix(vectors, usable, int(lengths[0])))
+    sizes = np.where(usable, lengths, 0).astype(np.int64)
+    if sizes.sum() * 4 >= _MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"vector search: {sizes.sum() * 4} bytes of vectors in one Arrow batch; "
+            "lower spark.sql.execution.arrow.maxRecordsPerBatch"
+        )
+    floats = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    starts = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0))])[:-1]
+    out_starts = np.concatenate([[0], np.cumsum(sizes)])
+    out = np.empty(out_starts[-1], dtype=np.float32)
+    for size in np.unique(sizes[sizes > 0]):
+        rows = np.flatnonzero(sizes == size)
+        block = floats[starts[rows][:, None] + np.arange(size)]
+        out[out_starts[rows][:, None] + np.arange(size)] = normalize_rows(block)
+    offsets = (out_starts * 4).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
+
+
+def _encode(id_col: str, extra: list[str], batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Every row as ``(id_col, _vec, _len, _code, *extra)``: ``_code`` says whether the vector
+    is usable at its own length (:func:`_vector_codes`), ``_vec`` holds it unit-normalised."""
+    for batch in batches:
+        ids, vectors = batch.column(id_col), batch.column(VECTOR)
+        codes, lengths = _vector_codes(ids, vectors, None)
+        columns = [ids, _unit_bytes(vectors, codes == _USABLE, lengths), pa.array(lengths, pa.int64()), pa.array(codes.astype(np.int32))]
+        columns += [batch.column(name) for name in extra]
+        yield pa.RecordBatch.from_arrays(columns, [id_col, VEC, _LENGTH, _CODE, *extra])
+
+
+def encode_vectors(
+    df: DataFrame, id_col: str, dim: Optional[int] = None, extra: tuple[str, ...] = ()
+) -> tuple[DataFrame, VectorCounts]:
+    """``df``'s usable rows as ``(id_col, _vec, *extra)`` (unit vectors as float32 bytes), and
+    the counts of :func:`vector_counts`, from one pass over ``vector``.
+
+    The encoded rows are kept on the executors (a local checkpoint, freed when the returned
+    frame is garbage-collected), so the k-means sample, the index and the search read bytes
+    instead of decoding the arrays again. Like any local checkpoint, it does not survive the
+    loss of an executor: a search running while one is lost fails and must be rerun.
+    """
+    require_columns(df, [id_col, VECTOR, *extra], "vector search input")
+    fields = {f.name: f for f in df.schema.fields}
+    schema = T.StructType(
+        [
+            T.StructField(id_col, fields[id_col].dataType),
+            T.StructField(VEC, T.BinaryType(), False),
+            T.StructField(_LENGTH, T.LongType(), False),
+            T.StructField(_CODE, T.IntegerType(), False),
+        ]
+        + [fields[name] for name in extra]
+    )
+    encoded = df.select(id_col, VECTOR, *extra).mapInArrow(partial(_encode, id_col, list(extra)), schema)
+    encoded = encoded.localCheckpoint(eager=True)
+    stats = encoded.groupBy(F.col(_LENGTH).alias("length"), F.col(_CODE).alias("code")).agg(F.count(F.lit(1)).alias("n"))
+    counts = _tally(stats.collect(), dim, id_col)
+    usable = (F.col(_CODE) == _USABLE) & (F.col(_LENGTH) == F.lit(-1 if counts.dim is None else counts.dim))
+    return encoded.where(usable).select(id_col, VEC, *extra), counts
 
 
 # ---- Spark search -------------------------------------------------------------------------
@@ -599,21 +687,74 @@ def _plan(spark, n_items: int, n_queries: int, max_parts: int, query_copies: int
     return best[1], best[2]
 
 
-def _run_parts(items_by_part: DataFrame, queries_by_part: DataFrame, k: int, block_size: int) -> DataFrame:
-    """Cogroup items and queries on (part, query block), search each task, merge per query."""
-    spark = items_by_part.sparkSession
+def _cogroup_parts(items_by_part: DataFrame, queries_by_part: DataFrame, k: int, block_size: int) -> DataFrame:
+    """Partial top-Ks: items and queries cogrouped on (part, query block), each task searched."""
     keys = [PART, QUERY_BLOCK]
-    partials = (
-        items_by_part.groupBy(*keys)
-        .cogroup(queries_by_part.groupBy(*keys))
-        .applyInArrow(_searcher(k, block_size), _PARTIAL)
-    )
-    buckets = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    return items_by_part.groupBy(*keys).cogroup(queries_by_part.groupBy(*keys)).applyInArrow(_searcher(k, block_size), _PARTIAL)
+
+
+def _merge(partials: DataFrame, k: int) -> DataFrame:
+    """The final top-``k`` per query from the partial top-Ks."""
+    buckets = int(partials.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     return (
         partials.withColumn(BUCKET, F.pmod(F.xxhash64(QUERY_ID), F.lit(buckets)))
         .groupBy(BUCKET)
         .applyInArrow(_merger(k), RESULTS)
     )
+
+
+def _broadcastable(counts: VectorCounts) -> bool:
+    return counts.usable * counts.dim * 4 <= BROADCAST_QUERY_BYTES
+
+
+def _search_with_queries(
+    items: DataFrame, n_items: int, queries: pa.Table, centroids: Optional[np.ndarray], k: int, block_size: int
+) -> DataFrame:
+    """Partial top-Ks: every item partition searched, where it lies, against all of ``queries``
+    (``query_id, _vec, _probes[, _excluded]``), which travel with the task. Items get their
+    cell (nearest of ``centroids``; one cell when None), in chunks of at most ``ITEMS_PER_TASK``.
+
+    Each chunk costs a pass over every query whatever its size, so many small partitions (a
+    table of many small files) are first merged, without a shuffle, into one per core or one
+    per ``ITEMS_PER_TASK`` items, whichever is more.
+    """
+    tasks = max(items.sparkSession.sparkContext.defaultParallelism, math.ceil(n_items / ITEMS_PER_TASK))
+    items = items.coalesce(tasks)
+    if EXCLUDED in queries.column_names:
+        items = items.withColumn(ITEM_HASH, F.xxhash64(ITEM_ID))
+    return items.mapInArrow(_local_searcher(queries, centroids, ITEMS_PER_TASK, k, block_size), _PARTIAL)
+
+
+def _probes_column(cells: np.ndarray) -> pa.Array:
+    """``_probes``: row ``i`` of the ``(n, nprobe)`` cell ids as one list per query."""
+    n, width = cells.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * width), pa.array(cells.ravel().astype(np.int32)))
+
+
+def _local_searcher(queries: pa.Table, centroids: Optional[np.ndarray], chunk_rows: int, k: int, block_size: int):
+    def search_chunk(chunk: list) -> Iterator[pa.RecordBatch]:
+        items = pa.Table.from_batches(chunk)
+        if centroids is None:
+            cells = np.zeros(items.num_rows, dtype=np.int32)
+        else:
+            cells = np.argmax(_matrix(_column(items, VEC)) @ centroids.T, axis=1).astype(np.int32)
+        yield from _search_part(items.append_column(LIST_ID, pa.array(cells)), queries, k, block_size).to_batches()
+
+    def search(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        chunk, rows = [], 0
+        for batch in batches:
+            while batch.num_rows:
+                take = batch.slice(0, chunk_rows - rows)
+                chunk.append(take)
+                rows += take.num_rows
+                batch = batch.slice(take.num_rows)
+                if rows == chunk_rows:
+                    yield from search_chunk(chunk)
+                    chunk, rows = [], 0
+        if rows:
+            yield from search_chunk(chunk)
+
+    return search
 
 
 # Plain closures, no annotations: applyInArrow in pyspark 4.2 fails on a functools.partial
@@ -641,9 +782,11 @@ def _with_block(df: DataFrame, id_col: Optional[str], n_blocks: int) -> DataFram
     return df.withColumn(QUERY_BLOCK, F.explode(F.sequence(F.lit(0), F.lit(n_blocks - 1))))
 
 
-def _prepare(queries: DataFrame, items: DataFrame, k: int) -> tuple[DataFrame, DataFrame, VectorCounts, VectorCounts]:
-    """Validate the arguments and count usable vectors; returns fresh ``(query_id, vector)`` and
-    ``(item_id, vector)`` frames (bad rows still in) and both counts."""
+def _prepare(
+    queries: DataFrame, items: DataFrame, k: int, exclude: Optional[DataFrame]
+) -> tuple[DataFrame, DataFrame, VectorCounts, VectorCounts]:
+    """Validate the arguments and encode both sides (:func:`encode_vectors`); returns
+    ``(query_id, _vec[, _excluded])`` and ``(item_id, _vec)`` frames of usable rows and both counts."""
     if k < 1:
         raise ValueError(f"vector search: k must be >= 1, got {k}")
     require_columns(queries, [QUERY_ID, VECTOR], "vector search queries")
@@ -651,8 +794,9 @@ def _prepare(queries: DataFrame, items: DataFrame, k: int) -> tuple[DataFrame, D
     # Fresh column identities: queries and items may be the same table (item -> item search).
     items = items.select(F.col(ITEM_ID).alias(ITEM_ID), F.col(VECTOR).alias(VECTOR))
     queries = queries.select(F.col(QUERY_ID).alias(QUERY_ID), F.col(VECTOR).alias(VECTOR))
-    item_counts = vector_counts(items, ITEM_ID)
-    query_counts = vector_counts(queries, QUERY_ID, item_counts.dim)
+    items, item_counts = encode_vectors(items, ITEM_ID)
+    extra = (EXCLUDED,) if exclude is not None else ()
+    queries, query_counts = encode_vectors(_with_exclusions(queries, exclude), QUERY_ID, item_counts.dim, extra)
     if item_counts.usable and query_counts.usable == 0 and query_counts.rows:
         raise ValueError(
             f"vector search: no query vector has the items' dimension {item_counts.dim} "
@@ -675,34 +819,33 @@ def exact_search(
     """Exact cosine top-``k`` of every query over all items.
 
     Reads queries ``(query_id, vector)``, items ``(item_id, vector)``, exclude ``(query_id,
-    item_id)``; returns ``(query_id, item_id, rank, score)``. Items are hashed into parts (one
-    list each), every query is sent to every part; each task multiplies its queries against its
-    items in ``block_size`` blocks. Rows with bad vectors are skipped (see :func:`vector_counts`).
+    item_id)``; returns ``(query_id, item_id, rank, score)``. Every item is compared with every
+    query in ``block_size`` blocks, the queries sent with the tasks or, when large, items hashed
+    into parts and cogrouped with every query (module doc). Rows with bad vectors are skipped
+    (see :func:`vector_counts`).
     """
-    queries, items, query_counts, item_counts = _prepare(queries, items, k)
+    queries, items, query_counts, item_counts = _prepare(queries, items, k, exclude)
     if item_counts.usable == 0 or query_counts.usable == 0:
         return _empty(queries)
-    dim = item_counts.dim
+    if _broadcastable(query_counts):
+        table = queries.toArrow()
+        probes = _probes_column(np.zeros((table.num_rows, 1), dtype=np.int32))
+        partials = _search_with_queries(items, item_counts.usable, table.append_column(PROBES, probes), None, k, block_size)
+        return _merge(partials, k)
     n_parts, n_blocks = _plan(queries.sparkSession, item_counts.usable, query_counts.usable, item_counts.usable, item_counts.usable)
     # Both sides' keys must have the same types (int): cogroup hash-partitions each side by its
     # keys, and an int and a long of the same value hash differently, so groups would miss
     # each other and their pairs vanish without an error.
     part = F.pmod(F.xxhash64(ITEM_ID), F.lit(n_parts)).cast("int")
     items_by_part = _with_block(
-        _binary_frame(items, ITEM_ID, dim).withColumn(ITEM_HASH, F.xxhash64(ITEM_ID)).withColumn(PART, part).withColumn(LIST_ID, part),
-        None,
-        n_blocks,
+        items.withColumn(ITEM_HASH, F.xxhash64(ITEM_ID)).withColumn(PART, part).withColumn(LIST_ID, part), None, n_blocks
     )
-    queries_ex = _with_exclusions(queries, exclude)
-    extra = (EXCLUDED,) if exclude is not None else ()
     queries_by_part = _with_block(
-        _binary_frame(queries_ex, QUERY_ID, dim, extra)
-        .withColumn(PART, F.explode(F.sequence(F.lit(0), F.lit(n_parts - 1))))
-        .withColumn(PROBES, F.array(F.col(PART))),
+        queries.withColumn(PART, F.explode(F.sequence(F.lit(0), F.lit(n_parts - 1)))).withColumn(PROBES, F.array(F.col(PART))),
         QUERY_ID,
         n_blocks,
     )
-    return _run_parts(items_by_part, queries_by_part, k, block_size)
+    return _merge(_cogroup_parts(items_by_part, queries_by_part, k, block_size), k)
 
 
 def train_centroids(
@@ -737,12 +880,20 @@ def train_centroids(
     if fraction < 1.0:
         sample = sample.sample(False, fraction, seed)
     sample = _binary_frame(sample, "_id", dim).select(VEC)
-    if fraction * n_items * dim * 4 <= max_driver_sample_mb * 2**20:
+    return _train_on_sample(sample, fraction * n_items * dim * 4, nlist, iterations, seed, max_driver_sample_mb)
+
+
+def _train_on_sample(
+    sample: DataFrame, sample_bytes: float, nlist: int, iterations: int, seed: int, max_driver_sample_mb: int
+) -> np.ndarray:
+    """k-means on ``sample`` (unit vectors in ``_vec``), on the driver when ``sample_bytes``
+    fit in ``max_driver_sample_mb``, else as one Spark job per iteration (see :func:`train_centroids`)."""
+    if sample_bytes <= max_driver_sample_mb * 2**20:
         points = _matrix(_column(sample.toArrow(), VEC))
         if len(points) == 0:
             raise ValueError("IVF index: the k-means sample is empty")
         return kmeans(points, nlist, iterations, seed)
-    parallelism = items.sparkSession.sparkContext.defaultParallelism
+    parallelism = sample.sparkSession.sparkContext.defaultParallelism
     sample = sample.repartition(parallelism).cache()
     try:
         pool = sample.orderBy(F.rand(seed)).limit(nlist * SEED_CANDIDATES_PER_LIST).collect()
@@ -822,42 +973,45 @@ def ivf_search(
 
     k-means (``nlist`` cells, ``iterations`` rounds, on a sample: :func:`train_centroids`, or the
     given ``centroids``) assigns every item to its nearest cell; each query scans the items of
-    its ``nprobe`` nearest cells. ``nprobe >= nlist`` is an exact search. Cells are grouped into
-    a few parts (cell id modulo the part count); a query goes once to each part holding one of
-    its cells, and a task searches all of its queries' cells in its part.
+    its ``nprobe`` nearest cells. ``nprobe >= nlist`` is an exact search. Small query sets travel
+    with the tasks and each item partition is searched where it lies; for large ones, cells are
+    grouped into a few parts (cell id modulo the part count), a query goes once to each part
+    holding one of its cells, and a task searches all of its queries' cells in its part.
     """
-    queries, items, query_counts, item_counts = _prepare(queries, items, k)
-    if item_counts.usable == 0 or query_counts.usable == 0:
-        return _empty(queries)
     if nlist < 1 or nprobe < 1:
         raise ValueError(f"IVF search: nlist and nprobe must be >= 1, got nlist={nlist}, nprobe={nprobe}")
+    queries, items, query_counts, item_counts = _prepare(queries, items, k, exclude)
+    if item_counts.usable == 0 or query_counts.usable == 0:
+        return _empty(queries)
     dim = item_counts.dim
     if centroids is None:
-        centroids = train_centroids(items, min(nlist, item_counts.usable), iterations, seed, n_items=item_counts.usable, dim=dim)
+        n_cells = min(nlist, item_counts.usable)
+        fraction = min(1.0, n_cells * TRAIN_POINTS_PER_LIST / item_counts.usable)
+        sample = items.select(VEC) if fraction >= 1.0 else items.select(VEC).sample(False, fraction, seed)
+        centroids = _train_on_sample(sample, fraction * item_counts.usable * dim * 4, n_cells, iterations, seed, 256)
     elif centroids.shape[1] != dim:
         raise ValueError(f"IVF search: centroids have dimension {centroids.shape[1]}, items {dim}")
     centroids = np.asarray(centroids, dtype=np.float32)
     nprobe = min(nprobe, len(centroids))
+    if _broadcastable(query_counts):
+        table = queries.toArrow()
+        probes = _probes_column(_nearest_lists(_matrix(_column(table, VEC)), centroids, nprobe))
+        partials = _search_with_queries(items, item_counts.usable, table.append_column(PROBES, probes), centroids, k, block_size)
+        return _merge(partials, k)
     n_parts, n_blocks = _plan(queries.sparkSession, item_counts.usable, query_counts.usable, len(centroids), nprobe)
-    binary_items = _binary_frame(items, ITEM_ID, dim)
-    item_schema = T.StructType(
-        binary_items.schema.fields + [T.StructField(LIST_ID, T.IntegerType()), T.StructField(PART, T.IntegerType())]
-    )
+    item_schema = T.StructType(items.schema.fields + [T.StructField(LIST_ID, T.IntegerType()), T.StructField(PART, T.IntegerType())])
     items_by_part = _with_block(
-        binary_items.mapInArrow(partial(_assign_items, centroids, n_parts), item_schema).withColumn(ITEM_HASH, F.xxhash64(ITEM_ID)),
+        items.mapInArrow(partial(_assign_items, centroids, n_parts), item_schema).withColumn(ITEM_HASH, F.xxhash64(ITEM_ID)),
         None,
         n_blocks,
     )
-    extra = (EXCLUDED,) if exclude is not None else ()
-    binary_queries = _binary_frame(_with_exclusions(queries, exclude), QUERY_ID, dim, extra)
     query_schema = T.StructType(
-        binary_queries.schema.fields
-        + [T.StructField(PART, T.IntegerType()), T.StructField(PROBES, T.ArrayType(T.IntegerType()))]
+        queries.schema.fields + [T.StructField(PART, T.IntegerType()), T.StructField(PROBES, T.ArrayType(T.IntegerType()))]
     )
     queries_by_part = _with_block(
-        binary_queries.mapInArrow(partial(_route_queries, centroids, nprobe, n_parts), query_schema), QUERY_ID, n_blocks
+        queries.mapInArrow(partial(_route_queries, centroids, nprobe, n_parts), query_schema), QUERY_ID, n_blocks
     )
-    return _run_parts(items_by_part, queries_by_part, k, block_size)
+    return _merge(_cogroup_parts(items_by_part, queries_by_part, k, block_size), k)
 
 
 def recall_vs_exact(approximate: DataFrame, exact: DataFrame, k: int) -> Optional[float]:

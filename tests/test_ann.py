@@ -10,6 +10,7 @@ from recsys_spark import ann
 from recsys_spark.ann import (
     TopK,
     clean_vectors,
+    encode_vectors,
     exact_search,
     ivf_search,
     normalize_rows,
@@ -95,7 +96,7 @@ def test_exact_search_matches_numpy_reference_and_excludes(spark):
 
 
 @pytest.mark.parametrize("shuffle_partitions", [2, 8, 16])
-def test_exact_search_with_exclusions_loses_no_query_at_any_partitioning(spark, shuffle_partitions):
+def test_exact_search_with_exclusions_loses_no_query_at_any_partitioning(spark, shuffle_partitions, monkeypatch):
     """Regression: the two sides of the search's cogroup had keys of different types (int and
     long), which hash to different shuffle partitions; with exclusions joined in, every pair
     vanished without an error (ml-latest-small's content baseline came back empty). Adaptive
@@ -109,6 +110,7 @@ def test_exact_search_with_exclusions_loses_no_query_at_any_partitioning(spark, 
     exclude = spark.createDataFrame(
         [(q, item_ids[j]) for q in query_ids for j in range(0, 200, 20)], f"{QUERY_ID} string, {ITEM_ID} string"
     )
+    monkeypatch.setattr(ann, "BROADCAST_QUERY_BYTES", 0)  # the cogroup path, where the key types matter
     previous = {key: spark.conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}
     spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
     spark.conf.set("spark.sql.adaptive.enabled", "false")
@@ -125,12 +127,16 @@ def test_exact_search_with_exclusions_loses_no_query_at_any_partitioning(spark, 
             spark.conf.set(key, value)
 
 
-def test_searches_cut_into_many_parts_and_query_blocks_match_brute_force(spark, monkeypatch):
-    """Small task limits force every item into one of several parts and every query into one of
-    several blocks; exact search and IVF probing every cell must still give the exact top-k,
-    ties by id, exclusions honoured."""
+@pytest.mark.parametrize("queries_travel", ["with-the-task", "cogrouped"])
+def test_searches_cut_into_many_parts_and_query_blocks_match_brute_force(spark, monkeypatch, queries_travel):
+    """Small task limits cut the work into many pieces: with the queries sent along, each item
+    partition is searched in chunks of 37 items; cogrouped, every item goes into one of several
+    parts and every query into one of several blocks. Exact search and IVF probing every cell
+    must still give the exact top-k, ties by id, exclusions honoured."""
     monkeypatch.setattr(ann, "ITEMS_PER_TASK", 37)
     monkeypatch.setattr(ann, "QUERIES_PER_TASK", 9)
+    if queries_travel == "cogrouped":
+        monkeypatch.setattr(ann, "BROADCAST_QUERY_BYTES", 0)
     assert ann._plan(spark, 250, 30, 250, 250) == (7, 4)
     rng = np.random.default_rng(8)
     items = normalize_rows(rng.normal(size=(250, 8)))
@@ -190,7 +196,7 @@ def test_ivf_recall_is_low_with_one_probe_on_diffuse_data(spark):
 
 def test_bad_vectors_are_counted_and_skipped(spark):
     rows = [
-        ("a", [1.0, 0.0, 0.0]),
+        ("a", [2.0, 0.0, 0.0]),
         ("b", [0.0, 1.0, 0.0]),
         ("c", [0.0, 0.6, 0.8]),
         ("short", [1.0, 0.0]),
@@ -208,6 +214,12 @@ def test_bad_vectors_are_counted_and_skipped(spark):
         10, 3, 2, 1, 3, 1
     )
     assert sorted(r[ITEM_ID] for r in clean.collect()) == ["a", "b", "c"]
+    # One pass encodes the same rows as unit float32 bytes and counts alike (one batch, mixed lengths).
+    encoded, encoded_counts = encode_vectors(items.coalesce(1), ITEM_ID)
+    assert encoded_counts == counts
+    assert encoded.columns == [ITEM_ID, ann.VEC]
+    vectors = {r[ITEM_ID]: np.frombuffer(r[ann.VEC], dtype=np.float32).tolist() for r in encoded.collect()}
+    assert vectors == {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": pytest.approx([0.0, 0.6, 0.8])}
     queries = spark.createDataFrame([("q", [0.0, 0.0, 1.0]), ("bad", [1.0])], f"{QUERY_ID} string, {VECTOR} array<float>")
     result = exact_search(queries, items, 2).collect()
     assert [(r[QUERY_ID], r[ITEM_ID]) for r in sorted(result, key=lambda r: r[RANK])] == [("q", "c"), ("q", "a")]

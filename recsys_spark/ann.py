@@ -87,6 +87,8 @@ QUERIES_PER_TASK = 65_536
 BROADCAST_QUERY_BYTES = 64 << 20
 # k-means is trained on at most this many sampled items per centroid (faiss uses 39..256).
 TRAIN_POINTS_PER_LIST = 64
+# ... and on the driver when that sample takes at most this many MiB.
+MAX_DRIVER_SAMPLE_MB = 256
 
 
 # ---- running top-K (numpy) ---------------------------------------------------------------
@@ -308,8 +310,11 @@ _MAX_CHUNK_BYTES = 1 << 30  # Arrow binary offsets are int32
 
 
 def _column(table, name: str) -> pa.Array:
+    """One contiguous array of a column (``combine_chunks`` copies even a single chunk)."""
     column = table.column(name)
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _vector_codes(ids: pa.Array, vectors: pa.Array, dim: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -708,21 +713,28 @@ def _broadcastable(counts: VectorCounts) -> bool:
 
 
 def _search_with_queries(
-    items: DataFrame, n_items: int, queries: pa.Table, centroids: Optional[np.ndarray], k: int, block_size: int
+    items: DataFrame, n_items: int, queries: DataFrame, centroids: Optional[np.ndarray], nprobe: int, k: int, block_size: int
 ) -> DataFrame:
-    """Partial top-Ks: every item partition searched, where it lies, against all of ``queries``
-    (``query_id, _vec, _probes[, _excluded]``), which travel with the task. Items get their
-    cell (nearest of ``centroids``; one cell when None), in chunks of at most ``ITEMS_PER_TASK``.
+    """Top-``k`` per query, the queries (``query_id, _vec[, _excluded]``) collected on the driver
+    with their ``_probes`` (the ``nprobe`` nearest of ``centroids``; one cell when None) and sent
+    with the tasks; every item partition is searched where it lies, its items put in their
+    cells, in chunks of at most ``ITEMS_PER_TASK``.
 
     Each chunk costs a pass over every query whatever its size, so many small partitions (a
     table of many small files) are first merged, without a shuffle, into one per core or one
     per ``ITEMS_PER_TASK`` items, whichever is more.
     """
+    table = queries.toArrow().combine_chunks()
+    if centroids is None:
+        cells = np.zeros((table.num_rows, 1), dtype=np.int32)
+    else:
+        cells = _nearest_lists(_matrix(_column(table, VEC)), centroids, nprobe)
+    table = table.append_column(PROBES, _probes_column(cells))
     tasks = max(items.sparkSession.sparkContext.defaultParallelism, math.ceil(n_items / ITEMS_PER_TASK))
     items = items.coalesce(tasks)
-    if EXCLUDED in queries.column_names:
+    if EXCLUDED in table.column_names:
         items = items.withColumn(ITEM_HASH, F.xxhash64(ITEM_ID))
-    return items.mapInArrow(_local_searcher(queries, centroids, ITEMS_PER_TASK, k, block_size), _PARTIAL)
+    return _merge(items.mapInArrow(_local_searcher(table, centroids, ITEMS_PER_TASK, k, block_size), _PARTIAL), k)
 
 
 def _probes_column(cells: np.ndarray) -> pa.Array:
@@ -828,10 +840,7 @@ def exact_search(
     if item_counts.usable == 0 or query_counts.usable == 0:
         return _empty(queries)
     if _broadcastable(query_counts):
-        table = queries.toArrow()
-        probes = _probes_column(np.zeros((table.num_rows, 1), dtype=np.int32))
-        partials = _search_with_queries(items, item_counts.usable, table.append_column(PROBES, probes), None, k, block_size)
-        return _merge(partials, k)
+        return _search_with_queries(items, item_counts.usable, queries, None, 1, k, block_size)
     n_parts, n_blocks = _plan(queries.sparkSession, item_counts.usable, query_counts.usable, item_counts.usable, item_counts.usable)
     # Both sides' keys must have the same types (int): cogroup hash-partitions each side by its
     # keys, and an int and a long of the same value hash differently, so groups would miss
@@ -856,7 +865,7 @@ def train_centroids(
     train_points_per_list: int = TRAIN_POINTS_PER_LIST,
     n_items: Optional[int] = None,
     dim: Optional[int] = None,
-    max_driver_sample_mb: int = 256,
+    max_driver_sample_mb: int = MAX_DRIVER_SAMPLE_MB,
 ) -> np.ndarray:
     """Spherical k-means centroids ``(nlist, dim)`` trained on a random sample of ``items``.
 
@@ -875,12 +884,15 @@ def train_centroids(
         n_items, dim = counts.usable, counts.dim
     if n_items == 0:
         raise ValueError("IVF index: the item table has no usable vectors")
-    fraction = min(1.0, nlist * train_points_per_list / n_items)
-    sample = items.select(F.lit("x").alias("_id"), VECTOR)
-    if fraction < 1.0:
-        sample = sample.sample(False, fraction, seed)
+    sample, rows = _sample(items.select(F.lit("x").alias("_id"), VECTOR), n_items, nlist * train_points_per_list, seed)
     sample = _binary_frame(sample, "_id", dim).select(VEC)
-    return _train_on_sample(sample, fraction * n_items * dim * 4, nlist, iterations, seed, max_driver_sample_mb)
+    return _train_on_sample(sample, rows * dim * 4, nlist, iterations, seed, max_driver_sample_mb)
+
+
+def _sample(df: DataFrame, n_rows: int, wanted: int, seed: int) -> tuple[DataFrame, float]:
+    """About ``wanted`` random rows of ``df`` (``n_rows`` rows), and the expected count."""
+    fraction = min(1.0, wanted / n_rows)
+    return (df if fraction >= 1.0 else df.sample(False, fraction, seed)), fraction * n_rows
 
 
 def _train_on_sample(
@@ -986,18 +998,14 @@ def ivf_search(
     dim = item_counts.dim
     if centroids is None:
         n_cells = min(nlist, item_counts.usable)
-        fraction = min(1.0, n_cells * TRAIN_POINTS_PER_LIST / item_counts.usable)
-        sample = items.select(VEC) if fraction >= 1.0 else items.select(VEC).sample(False, fraction, seed)
-        centroids = _train_on_sample(sample, fraction * item_counts.usable * dim * 4, n_cells, iterations, seed, 256)
+        sample, rows = _sample(items.select(VEC), item_counts.usable, n_cells * TRAIN_POINTS_PER_LIST, seed)
+        centroids = _train_on_sample(sample, rows * dim * 4, n_cells, iterations, seed, MAX_DRIVER_SAMPLE_MB)
     elif centroids.shape[1] != dim:
         raise ValueError(f"IVF search: centroids have dimension {centroids.shape[1]}, items {dim}")
     centroids = np.asarray(centroids, dtype=np.float32)
     nprobe = min(nprobe, len(centroids))
     if _broadcastable(query_counts):
-        table = queries.toArrow()
-        probes = _probes_column(_nearest_lists(_matrix(_column(table, VEC)), centroids, nprobe))
-        partials = _search_with_queries(items, item_counts.usable, table.append_column(PROBES, probes), centroids, k, block_size)
-        return _merge(partials, k)
+        return _search_with_queries(items, item_counts.usable, queries, centroids, nprobe, k, block_size)
     n_parts, n_blocks = _plan(queries.sparkSession, item_counts.usable, query_counts.usable, len(centroids), nprobe)
     item_schema = T.StructType(items.schema.fields + [T.StructField(LIST_ID, T.IntegerType()), T.StructField(PART, T.IntegerType())])
     items_by_part = _with_block(

@@ -1,4 +1,4 @@
-"""Cosine top-K side by side: numpy exact / IVF, Spark exact / IVF (recsys_spark.ann), Spark MLlib
+"""Cosine top-K side by side: numpy exact / IVF, Spark exact / IVF (recsys_spark.search.ann), Spark MLlib
 BucketedRandomProjectionLSH, in one process on one synthetic data set.
 
     python bench/bench_ann.py --items 100000 --queries 20000 --dim 384 --scale 10000,100000,1000000
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recsys_spark.ann import (  # noqa: E402
+from recsys_spark.search.ann import (  # noqa: E402
     exact_search,
     ivf_search,
     normalize_rows,
@@ -43,7 +43,7 @@ from recsys_spark.ann import (  # noqa: E402
     numpy_centroids,
     numpy_ivf_search,
 )
-from recsys_spark.schemas import ITEM_ID, QUERY_ID, RANK, VECTOR  # noqa: E402
+from recsys_spark.core.schemas import ITEM_ID, QUERY_ID, RANK, VECTOR  # noqa: E402
 
 log = logging.getLogger("bench_ann")
 
@@ -252,8 +252,8 @@ def main() -> None:
         "recall_at_k": round(recall(ivf_index, truth), 4),
     }
 
-    from recsys_spark.config import load_config
-    from recsys_spark.session import get_spark
+    from recsys_spark.core.config import load_config
+    from recsys_spark.core.session import get_spark
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_ann_"))
     items_path = write_parquet(workdir / "items.parquet", ITEM_ID, items, "i")

@@ -32,9 +32,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pyspark.sql import functions as F  # noqa: E402
 
-from recsys_spark import encode, text_model  # noqa: E402
-from recsys_spark.config import EncodeConfig, load_config  # noqa: E402
-from recsys_spark.schemas import CONTENT_HASH, GENRES, ITEM_ID, TAGS, TITLE  # noqa: E402
+from recsys_spark.stages import encode  # noqa: E402
+
+from recsys_spark.models import text as text_model
+from recsys_spark.core.config import EncodeConfig, load_config  # noqa: E402
+from recsys_spark.core.schemas import CONTENT_HASH, GENRES, ITEM_ID, TAGS, TITLE  # noqa: E402
 
 log = logging.getLogger("bench_encode")
 
@@ -83,7 +85,7 @@ def main() -> None:
             "spark.conf.spark.sql.execution.arrow.maxRecordsPerBatch=10000",
         ],
     )
-    from recsys_spark.session import get_spark
+    from recsys_spark.core.session import get_spark
 
     spark = get_spark(cfg)
     encode_cfg = EncodeConfig(batch_size=args.batch_size)

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from recsys_spark import pipeline  # noqa: E402
-from recsys_spark.config import load_config  # noqa: E402
-from recsys_spark.session import get_spark  # noqa: E402
+from recsys_spark.core.config import load_config  # noqa: E402
+from recsys_spark.core.session import get_spark  # noqa: E402
 
 log = logging.getLogger("bench_ingest")
 

@@ -31,8 +31,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recsys_spark import schemas as S  # noqa: E402
-from recsys_spark.config import load_config  # noqa: E402
+from recsys_spark.core import schemas as S  # noqa: E402
+from recsys_spark.core.config import load_config  # noqa: E402
 
 log = logging.getLogger("bench_train")
 K = 10
@@ -123,10 +123,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
-    from recsys_spark import train
-    from recsys_spark.model import SequenceRanker, latest_model_dir
-    from recsys_spark.pipeline import make_context
-    from recsys_spark.session import get_spark
+    from recsys_spark.stages import train
+    from recsys_spark.models.sequence import SequenceRanker, latest_model_dir
+    from recsys_spark.core.context import make_context
+    from recsys_spark.core.session import get_spark
 
     ratings = pd.read_csv(Path(args.data) / "ratings.csv")
     sequences = leave_one_out(ratings, args.seed)

@@ -18,7 +18,7 @@
 
 # COMMAND ----------
 
-from recsys_spark import databricks
+from recsys_spark.integrations import databricks
 
 databricks.define_widgets(dbutils)
 
@@ -40,7 +40,7 @@ print(json.dumps(summary["timings"], indent=2))
 
 # COMMAND ----------
 
-from recsys_spark.schemas import METRICS_TABLE, RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE
+from recsys_spark.core.schemas import METRICS_TABLE, RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE
 
 display(ctx.lake.read(METRICS_TABLE))
 

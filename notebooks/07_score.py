@@ -13,7 +13,7 @@
 
 # COMMAND ----------
 
-from recsys_spark import databricks
+from recsys_spark.integrations import databricks
 
 databricks.define_widgets(dbutils)
 
@@ -29,7 +29,7 @@ print(json.dumps(summary, indent=2, default=str))
 
 # COMMAND ----------
 
-from recsys_spark.schemas import RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE
+from recsys_spark.core.schemas import RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE
 
 # Recommendations
 display(ctx.lake.read(RECOMMENDATIONS_TABLE).limit(20))

@@ -13,7 +13,7 @@
 
 # COMMAND ----------
 
-from recsys_spark import databricks
+from recsys_spark.integrations import databricks
 
 databricks.define_widgets(dbutils)
 

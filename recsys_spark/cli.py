@@ -13,7 +13,9 @@ import sys
 from typing import Optional, Sequence
 
 from recsys_spark import pipeline
-from recsys_spark.config import ConfigError, load_config
+from recsys_spark.core.context import StageUnavailable, make_context
+from recsys_spark.stages import PIPELINE_ORDER, STAGES
+from recsys_spark.core.config import ConfigError, load_config
 
 log = logging.getLogger("recsys_spark")
 
@@ -24,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distributed recommender on Spark + Delta. Every stage reads and writes Delta tables.",
     )
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
-    stages = dict(pipeline.STAGES)
-    stages["run"] = ("", "every stage in order: " + " -> ".join(pipeline.PIPELINE_ORDER))
-    for name, (_, help_text) in stages.items():
+    stages = dict(STAGES)
+    stages["run"] = "every stage in order: " + " -> ".join(PIPELINE_ORDER)
+    for name, help_text in stages.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(
             "--config",
@@ -66,15 +68,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _emit({"stage": args.stage, "status": "failed", "error": str(exc)})
         return 2
     try:
-        from recsys_spark.session import get_spark
+        from recsys_spark.core.session import get_spark
 
         spark = get_spark(cfg)
-        ctx = pipeline.make_context(spark, cfg, args.run_id)
+        ctx = make_context(spark, cfg, args.run_id)
         if args.stage == "run":
             summary = pipeline.run_all(ctx)
         else:
             summary = pipeline.run_stage(ctx, args.stage)
-    except (pipeline.StageUnavailable, FileNotFoundError, ValueError, ConfigError) as exc:
+    except (StageUnavailable, FileNotFoundError, ValueError, ConfigError) as exc:
         print(f"recsys-spark {args.stage}: {exc}", file=sys.stderr)
         _emit({"stage": args.stage, "status": "failed", "error": str(exc)})
         return 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -53,7 +54,7 @@ class TrainJob:
     vocabulary_dir: str
     export_dir: str
     world_size: int
-    model: dict  # recsys_spark.model.ModelSpec.to_json()
+    model: dict  # recsys_spark.models.sequence.ModelSpec.to_json()
     epochs: int
     batch_size: int
     learning_rate: float
@@ -133,3 +134,8 @@ def python_error(exc: BaseException, limit: int = 800) -> str:
         lines = text[starts[-1]:].strip().splitlines()
         return "\n".join(line for line in lines[:6] if not line.lstrip().startswith("at "))[:limit]
     return text.strip().splitlines()[0][:limit] if text.strip() else type(exc).__name__
+
+
+def val_steps_for(rows_per_shard: "list[int]", batch_size: int) -> int:
+    """Validation steps per rank: enough for the largest shard (smaller ones wrap around)."""
+    return max(1, math.ceil(max(rows_per_shard) / batch_size)) if rows_per_shard else 0

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from recsys_spark.model import (
+from recsys_spark.models.sequence import (
     FIRST_ITEM,
     MODEL_FILE,
     VOCAB_COUNT,
@@ -32,13 +32,11 @@ from recsys_spark.model import (
     build_model,
     set_tf_threads,
 )
-from recsys_spark.schemas import ITEM_ID
+from recsys_spark.core.schemas import EXAMPLE_HISTORY, EXAMPLE_TARGET, ITEM_ID
 from recsys_spark.trainers import TrainJob
 
 log = logging.getLogger(__name__)
 
-HISTORY = "history"
-TARGET = "target"
 SHUFFLE_BUFFER = 20000
 READ_BATCH = 8192
 RANKING_K = 10
@@ -144,9 +142,9 @@ def _read_examples(files: "list[str]", max_len: int) -> Iterator["tuple[np.ndarr
     import pyarrow.parquet as pq
 
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=[HISTORY, TARGET]):
-            histories = batch.column(HISTORY).flatten().to_numpy().astype(np.int32).reshape(-1, max_len)
-            yield histories, batch.column(TARGET).to_numpy().astype(np.int32)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=[EXAMPLE_HISTORY, EXAMPLE_TARGET]):
+            histories = batch.column(EXAMPLE_HISTORY).flatten().to_numpy().astype(np.int32).reshape(-1, max_len)
+            yield histories, batch.column(EXAMPLE_TARGET).to_numpy().astype(np.int32)
 
 
 def negative_cdf(vocabulary_dir: str) -> np.ndarray:
@@ -380,7 +378,3 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
     )
     return result
 
-
-def val_steps_for(rows_per_shard: "list[int]", batch_size: int) -> int:
-    """Validation steps per rank: enough for the largest shard (smaller ones wrap around)."""
-    return max(1, math.ceil(max(rows_per_shard) / batch_size)) if rows_per_shard else 0

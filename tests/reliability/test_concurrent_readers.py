@@ -6,7 +6,7 @@ import threading
 
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import (
+from recsys_spark.core.schemas import (
     GENERATED_AT,
     ITEM_ID,
     MODEL_VERSION,

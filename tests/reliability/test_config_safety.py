@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from recsys_spark import cli, features, ingest
-from recsys_spark.config import Config, ConfigError, load_config
-from recsys_spark.schemas import BRONZE_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_EVENTS_TABLE, USER_SEQUENCES_TABLE
+from recsys_spark import cli
+
+from recsys_spark.stages import features, ingest
+from recsys_spark.core.config import Config, ConfigError, load_config
+from recsys_spark.core.schemas import BRONZE_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_EVENTS_TABLE, USER_SEQUENCES_TABLE
 
 PACKAGE = Path(__file__).resolve().parents[2] / "recsys_spark"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys_spark import features, generate, ingest
-from recsys_spark.schemas import (
+from recsys_spark.stages import features, generate, ingest
+from recsys_spark.core.schemas import (
     BRONZE_EVENTS_TABLE,
     QUARANTINE_TABLE,
     SILVER_EVENTS_TABLE,

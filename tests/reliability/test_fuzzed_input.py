@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
-from fuzz_lines import KINDS, write_fuzz_file
-from recsys_spark import ingest, sources
-from recsys_spark.config import IngestConfig
-from recsys_spark.schemas import EVENT_ID, QUARANTINE_TABLE, RAW, REASON, SILVER_EVENTS_TABLE
+from tests.support.fuzz_lines import KINDS, write_fuzz_file
+from recsys_spark.stages import ingest
+from recsys_spark.io import sources
+from recsys_spark.core.config import IngestConfig
+from recsys_spark.core.schemas import EVENT_ID, QUARANTINE_TABLE, RAW, REASON, SILVER_EVENTS_TABLE
 
 
 def kind_of(event_id: str) -> str:

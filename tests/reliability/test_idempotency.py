@@ -6,9 +6,9 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from recsys_spark import generate, ingest
+from recsys_spark.stages import generate, ingest
 from recsys_spark.pipeline import run_stage
-from recsys_spark.schemas import (
+from recsys_spark.core.schemas import (
     BRONZE_EVENTS_TABLE,
     CANDIDATES_TABLE,
     ITEM_EMBEDDINGS_TABLE,

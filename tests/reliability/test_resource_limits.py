@@ -9,8 +9,8 @@ import resource
 import pytest
 from pyspark.sql import functions as F
 
-from recsys_spark import encode, features, generate, ingest
-from recsys_spark.schemas import ITEM_EMBEDDINGS_TABLE, ITEMS, N_EVENTS, SILVER_ITEMS_TABLE, USER_SEQUENCES_TABLE
+from recsys_spark.stages import encode, features, generate, ingest
+from recsys_spark.core.schemas import ITEM_EMBEDDINGS_TABLE, ITEMS, N_EVENTS, SILVER_ITEMS_TABLE, USER_SEQUENCES_TABLE
 
 MIB = 2**20
 # The Python driver must not hold a table: its peak memory may grow by less than this.

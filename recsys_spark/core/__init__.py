@@ -1,0 +1,2 @@
+"""The floor every other package stands on: typed config, table names and schemas, the lakehouse
+(Delta access), the Spark session, and the stage context and result."""

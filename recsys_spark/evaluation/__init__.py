@@ -1,0 +1,1 @@
+"""Ranking metrics, the baselines they are compared against, and the run report."""

@@ -1,0 +1,1 @@
+"""Adapters to the platforms the pipeline runs on (Databricks notebooks and jobs)."""

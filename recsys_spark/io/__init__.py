@@ -1,0 +1,1 @@
+"""Readers of raw input formats (event logs, catalogs, every MovieLens layout)."""

@@ -1,0 +1,342 @@
+"""The evaluate stage: ranking metrics for the baselines and the pipeline on one split -> gold/metrics.
+
+Reads gold/user_sequences (the leave-one-out split: ``test_items`` is the target, ``history_items``
+what every model may use and never recommends, ``test_untied`` the users whose test event is
+strictly later than all their others), silver/items (the catalog), and, when present,
+gold/recommendations (model ``lstm``), gold/user_vectors + gold/item_embeddings (model ``content``).
+Ties in event time are broken by a seeded random order in the features stage
+(``features.tie_break_seed``), so "the last event" never encodes item ids; the ``*_untied``
+protocols repeat every metric on the users whose test event is unambiguous.
+
+Writes this run's rows to gold/metrics (run_id, model, protocol, metric, k, value, n_users) in
+one commit and a Markdown + HTML report (``recsys_spark.evaluation.report``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recsys_spark.evaluation import baselines, metrics
+from recsys_spark.core.context import StageContext
+from recsys_spark.core.schemas import (
+    ACTIVE,
+    HISTORY_ITEMS,
+    HISTORY_WEIGHTS,
+    ITEM_EMBEDDINGS_TABLE,
+    ITEM_ID,
+    ITEMS,
+    K,
+    METRIC,
+    METRICS,
+    METRICS_TABLE,
+    RUN_ID,
+    N_USERS,
+    PROTOCOL,
+    RANK,
+    RECOMMENDATIONS_TABLE,
+    SILVER_ITEMS_TABLE,
+    TEST_ITEMS,
+    TEST_UNTIED,
+    TRAIN_ITEMS,
+    TRAIN_WEIGHTS,
+    USER_ID,
+    USER_SEQUENCES,
+    USER_SEQUENCES_TABLE,
+    USER_VECTORS_TABLE,
+    VAL_ITEMS,
+    VALUE,
+    VECTOR,
+    WEIGHTS,
+    require_columns,
+)
+
+log = logging.getLogger(__name__)
+
+FULL = "full"
+UNTIED = "_untied"
+HISTOGRAM_BINS = 10
+PIPELINE_MODEL = "lstm"
+
+
+def test_targets(sequences: DataFrame) -> DataFrame:
+    """gold/user_sequences -> (user_id, test_items, history_items, test_untied) of the test users."""
+    require_columns(sequences, (USER_ID, HISTORY_ITEMS, TEST_ITEMS, TEST_UNTIED), str(USER_SEQUENCES_TABLE))
+    return sequences.where(F.size(F.coalesce(TEST_ITEMS, F.array())) > 0).select(
+        USER_ID, TEST_ITEMS, F.coalesce(HISTORY_ITEMS, baselines.empty_items()).alias(HISTORY_ITEMS), TEST_UNTIED
+    )
+
+
+def validation_targets(sequences: DataFrame) -> DataFrame:
+    """The validation item as target, the training items as history (for tuning on val only)."""
+    return sequences.where(F.size(F.coalesce(VAL_ITEMS, F.array())) > 0).select(
+        USER_ID,
+        F.col(VAL_ITEMS).alias(TEST_ITEMS),
+        F.coalesce(TRAIN_ITEMS, baselines.empty_items()).alias(HISTORY_ITEMS),
+        F.lit(False).alias(TEST_UNTIED),
+    )
+
+
+def fit_histories(sequences: DataFrame, items: str, weights: str) -> DataFrame:
+    """(user_id, items, weights) from one pair of sequence columns (history_* or train_*)."""
+    return sequences.select(
+        USER_ID,
+        F.coalesce(items, baselines.empty_items()).alias(ITEMS),
+        F.coalesce(weights, F.array().cast("array<double>")).alias(WEIGHTS),
+    )
+
+
+def catalog(lake, sequences: DataFrame) -> DataFrame:
+    """(item_id) of every known item: silver/items plus anything that appears in a sequence."""
+    from_sequences = sequences.select(F.explode(ITEMS).alias(ITEM_ID))
+    if lake.exists(SILVER_ITEMS_TABLE):
+        from_sequences = from_sequences.unionByName(lake.read(SILVER_ITEMS_TABLE).select(ITEM_ID))
+    return from_sequences.where(F.col(ITEM_ID).isNotNull()).distinct()
+
+
+def pipeline_predictions(lake) -> DataFrame:
+    """gold/recommendations as predictions (user_id, item_id, rank)."""
+    recommendations = lake.read(RECOMMENDATIONS_TABLE)
+    require_columns(recommendations, (USER_ID, ITEM_ID, RANK), str(RECOMMENDATIONS_TABLE))
+    return recommendations.select(USER_ID, ITEM_ID, F.col(RANK).cast("int").alias(RANK))
+
+
+def _content_predictions(ctx: StageContext, queries: DataFrame, depth: int) -> DataFrame:
+    lake = ctx.lake
+    items = lake.read(ITEM_EMBEDDINGS_TABLE)
+    if ACTIVE in items.columns:
+        items = items.where(F.coalesce(ACTIVE, F.lit(True)))
+    users = lake.read(USER_VECTORS_TABLE).select(USER_ID, VECTOR)
+    return baselines.content(users, items.select(ITEM_ID, VECTOR), queries, depth, ctx.cfg.retrieve.block_size)
+
+
+def _content_unavailable(ctx: StageContext) -> Optional[str]:
+    missing = [str(t) for t in (USER_VECTORS_TABLE, ITEM_EMBEDDINGS_TABLE) if not ctx.lake.exists(t)]
+    if missing:
+        return f"table(s) {', '.join(missing)} missing: run the encode and interests stages"
+    try:
+        import recsys_spark.search.ann  # noqa: F401 - only whether the retrieval module is installed
+    except ModuleNotFoundError:
+        return "recsys_spark.search.ann (exact search) is not available"
+    return None
+
+
+def _als_predictions(ctx: StageContext, sequences: DataFrame, queries: DataFrame, depth: int, tune_k: int) -> tuple[DataFrame, dict]:
+    """Choose the ALS grid point on the validation item (fit on train_*), refit on history_*."""
+    cfg = ctx.cfg.evaluate
+    points = baselines.grid(cfg.als_ranks, cfg.als_reg_params, cfg.als_alphas, cfg.als_max_iter, cfg.seed)
+    val = validation_targets(sequences)
+    details: dict = {"grid": []}
+    if len(points) > 1 and val.limit(1).count() > 0:
+        best, scores = baselines.tune_als(
+            fit_histories(sequences, TRAIN_ITEMS, TRAIN_WEIGHTS),
+            val.select(USER_ID, F.col(HISTORY_ITEMS).alias(ITEMS)),
+            val,
+            tune_k,
+            points,
+        )
+        details["grid"] = scores
+    else:
+        # One grid point, or no validation item in the split: nothing to choose.
+        best = points[0]
+    details["chosen"] = {"rank": best.rank, "reg_param": best.reg_param, "alpha": best.alpha, "max_iter": best.max_iter}
+    return baselines.als(fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS), queries, depth, best), details
+
+
+def _rows(result: DataFrame, model: str) -> list[dict]:
+    return [
+        {"model": model, "protocol": r[PROTOCOL], "metric": r[METRIC], "k": int(r[K]), "value": float(r[VALUE]), "n_users": int(r[N_USERS])}
+        for r in result.collect()
+    ]
+
+
+def evaluate_model(
+    model: str,
+    predictions: DataFrame,
+    targets: DataFrame,
+    popularity: DataFrame,
+    catalog_size: int,
+    ks: tuple[int, ...],
+    depth: int,
+    negatives: Optional[DataFrame] = None,
+    sampled_label: str = "",
+) -> tuple[list[dict], dict, DataFrame]:
+    """All metrics of one model's predictions, for every K and protocol; lists are cut at
+    ``depth`` unseen items (max K, or deeper for the sampled protocol).
+
+    Returns the metric rows (dicts with model, protocol, metric, k, value, n_users), the counts
+    of bad input (users_missing_predictions, duplicate_predictions, seen_predictions_removed,
+    short_lists, untied_users) and the cached evaluation frame (the caller unpersists it).
+    """
+    frame = metrics.evaluation_frame(metrics.rank_lists(predictions), targets, depth).cache()
+    counts_row = frame.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.sum(F.when(~F.col(metrics.HAS_PREDICTIONS), 1).otherwise(0)).alias("users_missing_predictions"),
+        F.sum(metrics.N_DUPLICATES).alias("duplicate_predictions"),
+        F.sum(metrics.N_SEEN).alias("seen_predictions_removed"),
+        F.sum(F.when(F.col(metrics.HAS_PREDICTIONS) & (F.size(metrics.RECS) < max(ks)), 1).otherwise(0)).alias("short_lists"),
+        F.sum(F.when(F.col(TEST_UNTIED), 1).otherwise(0)).alias("untied_users"),
+    ).first()
+    counts = {name: int(counts_row[name] or 0) for name in counts_row.asDict()}
+    # Every user is in "full"; untied users also in "full_untied": one pass computes both.
+    protocols = F.when(F.col(TEST_UNTIED), F.array(F.lit(FULL), F.lit(FULL + UNTIED))).otherwise(F.array(F.lit(FULL)))
+    by_protocol = frame.withColumn(PROTOCOL, F.explode(protocols))
+    results = metrics.ranking_metrics(by_protocol, ks).unionByName(
+        metrics.catalog_metrics(by_protocol, popularity, catalog_size, ks)
+    )
+    if negatives is not None:
+        ranks = metrics.sampled_ranks(by_protocol, negatives).withColumn(
+            PROTOCOL, F.concat(F.lit(sampled_label), F.when(F.col(PROTOCOL) == FULL + UNTIED, UNTIED).otherwise(""))
+        )
+        results = results.unionByName(metrics.sampled_metrics(ranks, ks))
+    return _rows(results, model), counts, frame
+
+
+def _compact(rows: list[dict], protocol: str) -> dict:
+    """{model: {"ndcg@10": value, ...}} for one protocol."""
+    out: dict = {}
+    for row in rows:
+        if row["protocol"] == protocol:
+            out.setdefault(row["model"], {})[f"{row['metric']}@{row['k']}"] = round(row["value"], 5)
+    return out
+
+
+def _histogram(df: DataFrame) -> list[int]:
+    counts = {int(r["bin"]): int(r["n"]) for r in df.collect()}
+    return [counts.get(b, 0) for b in range(HISTOGRAM_BINS)]
+
+
+def run(ctx: StageContext) -> dict:
+    """Evaluate ``evaluate.baselines`` and, when gold/recommendations exists, the pipeline (lstm)."""
+    started = time.perf_counter()
+    cfg = ctx.cfg.evaluate
+    ks = metrics.check_ks(cfg.ks)
+    sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
+    require_columns(sequences, USER_SEQUENCES.fieldNames(), str(USER_SEQUENCES_TABLE))
+    targets = test_targets(sequences).cache()
+    n_test = targets.count()
+    if n_test == 0:
+        raise ValueError(
+            f"evaluate: empty test set: no user in {USER_SEQUENCES_TABLE} has a test item "
+            f"(features.split={ctx.cfg.features.split!r}; evaluation needs leave_one_out or time_cut)"
+        )
+    all_items = catalog(ctx.lake, sequences).cache()
+    catalog_size = all_items.count()
+    popularity = metrics.item_popularity(sequences.select(USER_ID, HISTORY_ITEMS), all_items).cache()
+    interacted = metrics.interacted_pop_percentile(targets, popularity).first()[0]
+    report_k = 10 if 10 in ks else max(ks)
+    sampled = "sampled" in cfg.protocols
+    depth = max(max(ks), cfg.sampled_depth) if sampled else max(ks)
+    sampled_label = f"sampled_{cfg.sampled_distribution}_{cfg.sampled_negatives}"
+    negatives = None
+    negatives_short = 0
+    if sampled:
+        negatives = metrics.sampled_negatives(
+            targets, popularity, cfg.sampled_negatives, cfg.sampled_distribution, cfg.seed
+        ).cache()
+        negatives_short = n_test - negatives.where(F.size(metrics.NEGATIVES) >= cfg.sampled_negatives).count()
+
+    histories = fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS)
+    queries = targets.select(USER_ID, F.col(HISTORY_ITEMS).alias(ITEMS))
+    producers: dict[str, Callable[[], DataFrame]] = {
+        "popularity": lambda: baselines.popularity(histories, queries, depth),
+        "item_knn": lambda: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
+        "next_item": lambda: baselines.next_item(histories, queries, depth),
+        "content": lambda: _content_predictions(ctx, queries, depth),
+    }
+    models = [m for m in cfg.baselines if m != PIPELINE_MODEL]
+    skipped: dict[str, str] = {}
+    if ctx.lake.exists(RECOMMENDATIONS_TABLE):
+        models.append(PIPELINE_MODEL)
+    elif PIPELINE_MODEL in cfg.baselines:
+        skipped[PIPELINE_MODEL] = f"table {RECOMMENDATIONS_TABLE} missing: run the score stage"
+
+    rows: list[dict] = []
+    counts: dict[str, dict] = {}
+    histograms: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
+    als_details: dict = {}
+    for position, model in enumerate(models, 1):
+        if model == "content":
+            reason = _content_unavailable(ctx)
+            if reason:
+                skipped[model] = reason
+                log.warning("evaluate: model content skipped: %s", reason)
+                continue
+        ctx.progress(f"evaluate: model {model} ({position}/{len(models)})")
+        model_started = time.perf_counter()
+        if model == "als":
+            predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
+        elif model == PIPELINE_MODEL:
+            predictions = pipeline_predictions(ctx.lake)
+        else:
+            predictions = producers[model]()
+        model_rows, counts[model], frame = evaluate_model(
+            model, predictions, targets, popularity, catalog_size, ks, depth, negatives, sampled_label
+        )
+        recommended = frame.select(F.explode(F.slice(metrics.RECS, 1, report_k)).alias(ITEM_ID))
+        histograms[model] = _histogram(metrics.popularity_histogram(recommended, popularity, HISTOGRAM_BINS))
+        frame.unpersist()
+        if model == "als":
+            predictions.unpersist()
+        rows += model_rows
+        seconds[model] = round(time.perf_counter() - model_started, 2)
+        log.info("evaluate: %s done in %.1fs: %s", model, seconds[model], _compact(model_rows, FULL).get(model))
+    interacted_histogram = _histogram(
+        metrics.popularity_histogram(targets.select(F.explode(HISTORY_ITEMS).alias(ITEM_ID)), popularity, HISTOGRAM_BINS)
+    )
+    if not rows:
+        raise ValueError(f"evaluate: no model could be evaluated ({skipped})")
+
+    table = ctx.spark.createDataFrame(
+        [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in rows],
+        METRICS,
+    )
+    # This run's rows replace any earlier rows of the same run_id: a rerun adds nothing twice.
+    run_id = ctx.run_id.replace("'", "''")
+    version = ctx.lake.replace_where(table, METRICS_TABLE, f"{RUN_ID} = '{run_id}'")
+    for cached in (targets, all_items, popularity) + ((negatives,) if negatives is not None else ()):
+        cached.unpersist()
+
+    protocols = sorted({r["protocol"] for r in rows})
+    summary = {
+        "models": [m for m in models if m in counts],
+        "skipped": skipped,
+        "ks": list(ks),
+        "protocols": protocols,
+        "test_users": n_test,
+        "untied_users": next(iter(counts.values()))["untied_users"],
+        "catalog_size": catalog_size,
+        "metrics": _compact(rows, FULL),
+        "metrics_untied": _compact(rows, FULL + UNTIED),
+        "interacted_pop_percentile": round(float(interacted or 0.0), 5),
+        "users_missing_predictions": {m: c["users_missing_predictions"] for m, c in counts.items()},
+        "duplicate_predictions": {m: c["duplicate_predictions"] for m, c in counts.items()},
+        "seen_predictions_removed": {m: c["seen_predictions_removed"] for m, c in counts.items()},
+        "short_lists": {m: c["short_lists"] for m, c in counts.items()},
+        "model_seconds": seconds,
+        "metrics_rows": len(rows),
+        "metrics_version": version,
+        "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
+        f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",
+    }
+    if sampled:
+        summary["metrics_sampled"] = _compact(rows, sampled_label)
+        summary["sampled_users_short_of_negatives"] = negatives_short
+    if als_details:
+        summary["als"] = als_details
+    # matplotlib is the optional "report" extra: imported only when a report is written.
+    from recsys_spark.evaluation import report
+
+    summary["report"] = report.write_report(
+        ctx,
+        summary,
+        rows,
+        histograms={"interacted": interacted_histogram, **histograms},
+        report_k=report_k,
+        evaluate_seconds=round(time.perf_counter() - started, 2),
+    )
+    return summary

@@ -1,0 +1,465 @@
+"""Ingestion: raw logs and catalog -> bronze/events, silver/events, silver/quarantine, silver/items.
+
+Reads ``input.events`` / ``input.items`` (generic JSON Lines / CSV / Parquet logs, or any MovieLens
+release, auto-detected), appends what was received to ``bronze/events``, types and validates every
+row, and MERGEs the good ones into ``silver/events`` on the event key (``event_id`` when given, else a
+hash of user, item, event type and timestamp). Every bad row lands in ``silver/quarantine`` with a
+reason. Files already ingested (same path, size and modification time) are skipped, so a rerun adds
+nothing and new files in the input folder are picked up on the next run.
+
+Invariant reported in the summary: ``rows_in == rows_good + rows_quarantined + rows_duplicate``.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Optional
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_spark.io import sources
+from recsys_spark.core.config import Config, IngestConfig, PrivacyConfig
+from recsys_spark.core.context import StageContext
+from recsys_spark.core.schemas import (
+    BRONZE_EVENTS_TABLE,
+    CATEGORY,
+    CONTENT_HASH,
+    DESCRIPTION,
+    EVENT_ID,
+    EVENT_TYPE,
+    GENRES,
+    INGESTED_AT,
+    INGESTED_FILES_TABLE,
+    ITEM_ID,
+    KIND,
+    QUARANTINE,
+    QUARANTINE_TABLE,
+    RAW,
+    RAW_EVENT_FIELDS,
+    REASON,
+    SESSION_ID,
+    SILVER_EVENTS,
+    SILVER_EVENTS_TABLE,
+    SILVER_ITEMS,
+    SILVER_ITEMS_TABLE,
+    SOURCE,
+    TAGS,
+    TIMESTAMP,
+    TITLE,
+    TS,
+    USER_ID,
+    VALUE,
+)
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR = sources.PARSE_ERROR
+
+
+class PrivacyKeyError(ValueError):
+    """Pseudonymisation is on but its key is missing from the environment."""
+
+
+# ---- pure transforms ----------------------------------------------------------------
+def _blank(col: Column) -> Column:
+    return col.isNull() | (F.trim(col) == "")
+
+
+def parse_event_time(raw: Column) -> Column:
+    """Epoch seconds (or milliseconds when >= 1e11), or an ISO-8601 / 'yyyy-MM-dd HH:mm:ss' string,
+    -> TimestampType; null when unparsable."""
+    text = F.trim(raw)
+    numeric = text.rlike(r"^-?\d+(\.\d+)?$")
+    number = text.try_cast("double")
+    seconds = F.when(F.abs(number) >= 1e11, number / 1000.0).otherwise(number)
+    from_number = F.when(F.abs(seconds) < 1e11, F.timestamp_micros((seconds * 1e6).cast("long")))
+    return F.when(numeric, from_number).otherwise(text.try_cast("timestamp"))
+
+
+# An id is printable text: no control characters, no U+FFFD (invalid UTF-8 that was replaced),
+# and not a JSON object or array that a parser turned into text.
+_BAD_ID = r"[\p{Cntrl}\x{FFFD}]|^\s*[\[{]"
+
+
+def _bad_id(col: Column) -> Column:
+    return col.rlike(_BAD_ID)
+
+
+def validate_events(raw_events: DataFrame, cfg: IngestConfig, now: datetime) -> DataFrame:
+    """Add ``reason`` (null for a good row) and the typed columns ``ts`` and ``value_num``.
+
+    Reads RAW_EVENT_FIELDS (strings) and ``_parse_error``; the first failing check is the reason."""
+    ts = parse_event_time(F.col(TIMESTAMP))
+    value = F.trim(F.col(VALUE)).try_cast("double")
+    too_long = None
+    for name in RAW_EVENT_FIELDS:
+        cond = F.length(F.col(name)) > cfg.max_field_chars
+        too_long = cond if too_long is None else (too_long | cond)
+    max_ts = F.lit(now).cast("timestamp") + F.make_interval(secs=F.lit(cfg.max_future_seconds))
+    min_ts = F.lit(cfg.min_timestamp).cast("timestamp")
+    etype = F.lower(F.trim(F.col(EVENT_TYPE)))
+    reason = (
+        F.when(F.col(PARSE_ERROR).isNotNull(), F.col(PARSE_ERROR))
+        .when(_blank(F.col(USER_ID)), F.lit("missing_user_id"))
+        .when(_blank(F.col(ITEM_ID)), F.lit("missing_item_id"))
+        .when(_bad_id(F.col(USER_ID)), F.lit("invalid_user_id"))
+        .when(_bad_id(F.col(ITEM_ID)), F.lit("invalid_item_id"))
+        .when(F.coalesce(too_long, F.lit(False)), F.lit(f"field_too_long: over {cfg.max_field_chars} characters"))
+        .when(_blank(F.col(EVENT_TYPE)), F.lit("missing_event_type"))
+        .when(~etype.isin(*cfg.event_types), F.lit("unknown_event_type"))
+        .when(_blank(F.col(TIMESTAMP)), F.lit("missing_timestamp"))
+        .when(ts.isNull(), F.lit("unparsable_timestamp"))
+        .when(ts > max_ts, F.lit("future_timestamp"))
+        .when(ts < min_ts, F.lit("past_timestamp"))
+        .when(~_blank(F.col(VALUE)) & (value.isNull() | F.isnan(value)), F.lit("invalid_value"))
+        .when((etype == "rating") & value.isNull(), F.lit("missing_rating_value"))
+    )
+    return raw_events.withColumn(REASON, reason).withColumn(TS, ts).withColumn("value_num", value)
+
+
+def event_key(user: Column, item: Column, etype: Column, ts: Column) -> Column:
+    """The dedupe key when a log carries no event_id: a hash of user, item, type and time."""
+    return F.sha2(
+        F.concat_ws("\u001f", user, item, etype, F.unix_micros(ts).cast("string")), 256
+    ).substr(1, 32)
+
+
+def type_events(validated: DataFrame) -> DataFrame:
+    """Good rows (``reason`` null) -> the silver/events columns."""
+    good = validated.where(F.col(REASON).isNull())
+    user = F.trim(F.col(USER_ID))
+    item = F.trim(F.col(ITEM_ID))
+    etype = F.lower(F.trim(F.col(EVENT_TYPE)))
+    given_id = F.trim(F.col(EVENT_ID))
+    return good.select(
+        F.when(_blank(F.col(EVENT_ID)), event_key(user, item, etype, F.col(TS))).otherwise(given_id).alias(EVENT_ID),
+        user.alias(USER_ID),
+        item.alias(ITEM_ID),
+        etype.alias(EVENT_TYPE),
+        F.col(TS),
+        F.col("value_num").alias(VALUE),
+        F.when(~_blank(F.col(SESSION_ID)), F.trim(F.col(SESSION_ID))).alias(SESSION_ID),
+        F.col(SOURCE),
+        F.col(INGESTED_AT),
+    )
+
+
+def quarantine_rows(validated: DataFrame, kind: str) -> DataFrame:
+    """Bad rows -> silver/quarantine columns (kind, raw, reason, _source, _ingested_at)."""
+    return validated.where(F.col(REASON).isNotNull()).select(
+        F.lit(kind).alias(KIND), F.col(RAW), F.col(REASON), F.col(SOURCE), F.col(INGESTED_AT)
+    )
+
+
+def content_hash(cols: list[Column]) -> Column:
+    return F.sha2(F.concat_ws("\u001f", *[F.coalesce(c, F.lit("")) for c in cols]), 256)
+
+
+def validate_items(raw_items: DataFrame, cfg: IngestConfig) -> DataFrame:
+    """Add ``reason`` to raw catalog rows: parse errors and missing or over-long ids."""
+    reason = (
+        F.when(F.col(PARSE_ERROR).isNotNull(), F.col(PARSE_ERROR))
+        .when(_blank(F.col(ITEM_ID)), F.lit("missing_item_id"))
+        .when(F.length(F.col(ITEM_ID)) > 512, F.lit("field_too_long: item_id"))
+    )
+    return raw_items.withColumn(REASON, reason)
+
+
+def type_items(validated: DataFrame) -> DataFrame:
+    """Good catalog rows -> silver/items columns, one row per item (the last file wins)."""
+    good = validated.where(F.col(REASON).isNull())
+    text_cols = [F.col(TITLE), F.col(DESCRIPTION), F.col(CATEGORY), F.concat_ws("|", GENRES), F.concat_ws("|", TAGS)]
+    typed = good.select(
+        F.trim(ITEM_ID).alias(ITEM_ID),
+        F.trim(TITLE).alias(TITLE),
+        F.trim(DESCRIPTION).alias(DESCRIPTION),
+        F.trim(CATEGORY).alias(CATEGORY),
+        F.col(GENRES),
+        F.col(TAGS),
+        content_hash(text_cols).alias(CONTENT_HASH),
+        F.col(SOURCE),
+        F.col(INGESTED_AT),
+    )
+    return typed
+
+
+def pseudonymizer(key: bytes):
+    """A pandas UDF mapping a user id to HMAC-SHA256(key, id), hex, first 32 characters.
+
+    The key travels inside the UDF's pickled closure, never as a literal in a query plan or a log."""
+
+    @F.pandas_udf("string")
+    def pseudonymize(ids: pd.Series) -> pd.Series:
+        return ids.map(
+            lambda v: None if v is None else hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+        )
+
+    return pseudonymize
+
+
+def privacy_key(cfg: PrivacyConfig) -> Optional[bytes]:
+    if not cfg.pseudonymize_users:
+        return None
+    key = os.environ.get(cfg.key_env, "")
+    if not key:
+        raise PrivacyKeyError(
+            f"privacy.pseudonymize_users is true but the environment variable {cfg.key_env} "
+            f"holding the HMAC key is empty or unset"
+        )
+    return key.encode("utf-8")
+
+
+def apply_pseudonyms(raw_events: DataFrame, key: bytes) -> DataFrame:
+    """Replace user ids by their keyed hash, in the field and inside the raw record."""
+    pseudo = pseudonymizer(key)
+    with_pseudo = raw_events.withColumn("_pseudo", pseudo(F.trim(F.col(USER_ID))))
+    raw = F.when(
+        ~_blank(F.col(USER_ID)), F.replace(F.col(RAW), F.trim(F.col(USER_ID)), F.col("_pseudo"))
+    ).otherwise(F.col(RAW))
+    return with_pseudo.withColumn(RAW, raw).withColumn(USER_ID, F.col("_pseudo")).drop("_pseudo")
+
+
+# ---- the stage ----------------------------------------------------------------------
+def _new_files(ctx: StageContext, files: list[sources.InputFile], kind: str) -> list[sources.InputFile]:
+    """Files not ingested before (path, size and modification time all seen) for this kind."""
+    if not ctx.cfg.ingest.incremental or not ctx.lake.exists(INGESTED_FILES_TABLE):
+        return files
+    seen = {
+        (r["path"], r["size"], r["modified"])
+        for r in ctx.lake.read(INGESTED_FILES_TABLE).where(F.col(KIND) == kind).select("path", "size", "modified").collect()
+    }
+    return [f for f in files if (f.path, f.size, f.modified) not in seen]
+
+
+def _record_files(ctx: StageContext, files: list[sources.InputFile], kind: str, now: datetime) -> None:
+    if not files:
+        return
+    rows = [(f.path, f.size, f.modified, kind, now) for f in files]
+    df = ctx.spark.createDataFrame(rows, "path string, size long, modified long, kind string, _ingested_at timestamp")
+    ctx.lake.merge(df, INGESTED_FILES_TABLE, ["path", KIND])
+
+
+def _resolve_format(cfg: Config, files: list[sources.InputFile]) -> tuple[str, Optional[sources.MovieLensLayout]]:
+    layout = sources.detect_movielens(files)
+    fmt = cfg.input.format
+    if fmt == "movielens" and layout is None:
+        raise sources.InputError(
+            f"input path {cfg.input.events}: input.format is movielens but no ratings.csv, ratings.dat "
+            f"or u.data was found there"
+        )
+    if fmt == "auto":
+        fmt = "movielens" if layout is not None else "events"
+    return fmt, layout if fmt == "movielens" else None
+
+
+def _empty(spark: SparkSession, schema) -> DataFrame:
+    return spark.createDataFrame([], schema)
+
+
+def _sources_condition(sources_seen: list[str], kind: Optional[str] = None) -> str:
+    quoted = ", ".join("'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'" for s in sources_seen)
+    condition = f"{SOURCE} IN ({quoted})"
+    return f"{KIND} = '{kind}' AND {condition}" if kind else condition
+
+
+def ingest_events(ctx: StageContext, raw_events: DataFrame, now: datetime) -> dict:
+    """Bronze write, validation, quarantine, dedupe and MERGE into silver/events; returns counts.
+
+    Bronze and quarantine rows of this batch replace any earlier rows of the same source files
+    (``replaceWhere``), so a rerun after a failure part-way through adds nothing twice."""
+    key = privacy_key(ctx.cfg.privacy)
+    stamped = raw_events.withColumn(INGESTED_AT, F.lit(now).cast("timestamp"))
+    if key is not None:
+        stamped = apply_pseudonyms(stamped, key)
+    batch = stamped.select(RAW, *RAW_EVENT_FIELDS, PARSE_ERROR, SOURCE, INGESTED_AT).persist()
+    try:
+        return _ingest_event_batch(ctx, batch, now)
+    finally:
+        batch.unpersist()
+
+
+def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> dict:
+    lake = ctx.lake
+    sources_seen = [r[0] for r in batch.select(SOURCE).distinct().collect()]  # one per file
+    if not sources_seen:
+        return {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
+    bronze_version = lake.replace_where(batch, BRONZE_EVENTS_TABLE, _sources_condition(sources_seen))
+
+    validated = validate_events(batch, ctx.cfg.ingest, now).persist()
+    try:
+        counts = validated.agg(
+            F.count(F.lit(1)).alias("rows_in"), F.count(F.col(REASON)).alias("rows_quarantined")
+        ).first()
+        reasons = {
+            r[REASON]: int(r["count"])
+            for r in validated.where(F.col(REASON).isNotNull())
+            .withColumn(REASON, F.regexp_extract(F.col(REASON), r"^([a-z_]+)", 1))
+            .groupBy(REASON).count().collect()
+        }
+        quarantine = quarantine_rows(validated, "events")
+        if not lake.exists(QUARANTINE_TABLE):
+            lake.replace(_empty(ctx.spark, QUARANTINE), QUARANTINE_TABLE)
+        lake.replace_where(quarantine, QUARANTINE_TABLE, _sources_condition(sources_seen, "events"))
+
+        typed = type_events(validated)
+        # One row per event key within the batch; the MERGE then skips keys silver already has.
+        unique = typed.dropDuplicates([EVENT_ID]).persist()
+        try:
+            n_valid = counts["rows_in"] - counts["rows_quarantined"]
+            n_unique = unique.count()
+            if not lake.exists(SILVER_EVENTS_TABLE):
+                lake.replace(_empty(ctx.spark, SILVER_EVENTS), SILVER_EVENTS_TABLE)
+            inserted = _merge_insert_only(ctx, unique, n_unique)
+        finally:
+            unique.unpersist()
+    finally:
+        validated.unpersist()
+    rows_in = int(counts["rows_in"])
+    quarantined = int(counts["rows_quarantined"])
+    return {
+        "rows_in": rows_in,
+        "rows_good": int(inserted),
+        "rows_quarantined": quarantined,
+        "rows_duplicate": int(n_valid - inserted),
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "bronze_version": bronze_version,
+    }
+
+
+def _merge_insert_only(ctx: StageContext, unique: DataFrame, n_unique: int) -> int:
+    """Insert events whose key silver/events lacks; returns how many were inserted."""
+    if n_unique == 0:
+        return 0
+    from delta.tables import DeltaTable
+
+    location = ctx.lake.location(SILVER_EVENTS_TABLE)
+    target = DeltaTable.forName(ctx.spark, location) if ctx.lake.catalog_mode else DeltaTable.forPath(ctx.spark, location)
+    before = target.history(1).select("version").first()[0]
+    target.alias("t").merge(unique.alias("s"), f"t.{EVENT_ID} = s.{EVENT_ID}").whenNotMatchedInsertAll().execute()
+    return int(_merge_metrics(target, before).get("numTargetRowsInserted", 0))
+
+
+def _merge_metrics(target, version_before: int) -> dict:
+    """The operation metrics of the MERGE just run; empty when it changed nothing. (A MERGE that
+    changes nothing writes no commit, and then the latest commit is an older operation's.)"""
+    last = target.history(1).select("version", "operationMetrics").first()
+    if last["version"] == version_before:
+        return {}
+    return last["operationMetrics"] or {}
+
+
+def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict:
+    """Validate, quarantine and upsert the catalog into silver/items (update only changed content)."""
+    lake = ctx.lake
+    stamped = raw_items.withColumn(INGESTED_AT, F.lit(now).cast("timestamp"))
+    validated = validate_items(stamped, ctx.cfg.ingest).persist()
+    try:
+        counts = validated.agg(F.count(F.lit(1)).alias("n"), F.count(F.col(REASON)).alias("bad")).first()
+        sources_seen = [r[0] for r in validated.select(SOURCE).distinct().collect()]
+        if sources_seen:
+            if not lake.exists(QUARANTINE_TABLE):
+                lake.replace(_empty(ctx.spark, QUARANTINE), QUARANTINE_TABLE)
+            lake.replace_where(
+                quarantine_rows(validated, "items"), QUARANTINE_TABLE, _sources_condition(sources_seen, "items")
+            )
+        typed = type_items(validated)
+        unique = typed.dropDuplicates([ITEM_ID])
+        n_unique = unique.count()
+        if not lake.exists(SILVER_ITEMS_TABLE):
+            lake.replace(_empty(ctx.spark, SILVER_ITEMS), SILVER_ITEMS_TABLE)
+        from delta.tables import DeltaTable
+
+        location = lake.location(SILVER_ITEMS_TABLE)
+        target = DeltaTable.forName(ctx.spark, location) if lake.catalog_mode else DeltaTable.forPath(ctx.spark, location)
+        before = target.history(1).select("version").first()[0]
+        (
+            target.alias("t")
+            .merge(unique.alias("s"), f"t.{ITEM_ID} = s.{ITEM_ID}")
+            .whenMatchedUpdateAll(condition=f"t.{CONTENT_HASH} <> s.{CONTENT_HASH}")
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+        metrics = _merge_metrics(target, before)
+    finally:
+        validated.unpersist()
+    good = int(counts["n"] - counts["bad"])
+    return {
+        "items_in": int(counts["n"]),
+        "items_quarantined": int(counts["bad"]),
+        "items_duplicate": good - n_unique,
+        "items_inserted": int(metrics.get("numTargetRowsInserted", 0)),
+        "items_updated": int(metrics.get("numTargetRowsUpdated", 0)),
+        "items_unchanged": n_unique - int(metrics.get("numTargetRowsInserted", 0)) - int(metrics.get("numTargetRowsUpdated", 0)),
+    }
+
+
+def run(ctx: StageContext) -> dict:
+    """The ingest stage. Summary: rows_in, rows_good, rows_quarantined, rows_duplicate,
+    quarantine_reasons, files_new, items_* counts and the table versions."""
+    cfg = ctx.cfg
+    if not cfg.input.events:
+        raise sources.InputError("config key 'input.events': no input path given")
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    privacy_key(cfg.privacy)  # fail before any work when the key is missing
+    event_files = sources.list_files(ctx.spark, cfg.input.events)
+    if not event_files:
+        raise sources.InputError(f"input path {cfg.input.events}: no input files found (empty folder)")
+    fmt, layout = _resolve_format(cfg, event_files)
+    summary: dict = {"format": fmt}
+
+    if layout is not None:
+        events_in = [layout.ratings]
+        catalog_in = [f for f in (layout.movies, layout.tags, layout.genres) if f is not None]
+    else:
+        events_in = event_files
+        catalog_in = sources.list_files(ctx.spark, cfg.input.items) if cfg.input.items else []
+        for f in events_in + catalog_in:
+            sources.event_file_format(f.path)  # an unknown file fails before anything is written
+
+    new_events = _new_files(ctx, events_in, "events")
+    new_catalog = _new_files(ctx, catalog_in, "items")
+    summary["files_new"] = len(new_events) + len(new_catalog)
+    summary["files_skipped"] = len(events_in) + len(catalog_in) - summary["files_new"]
+
+    counts = {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
+    if new_events:
+        if layout is not None:
+            raw_events = sources.read_movielens_events(ctx.spark, layout)
+        else:
+            raw_events = sources.read_event_files(ctx.spark, new_events)
+        if raw_events is not None:
+            counts = ingest_events(ctx, raw_events, now)
+    summary.update(counts)
+
+    item_counts = {"items_in": 0, "items_quarantined": 0}
+    if new_catalog:
+        # The whole catalog is re-read when any of its files changed (tags span files); the
+        # MERGE updates only items whose content_hash changed.
+        if layout is not None:
+            raw_items = sources.read_movielens_items(ctx.spark, layout)
+        else:
+            raw_items = sources.read_item_files(ctx.spark, catalog_in)
+        if raw_items is not None:
+            item_counts = ingest_items(ctx, raw_items, now)
+    summary.update(item_counts)
+
+    if not ctx.lake.exists(SILVER_ITEMS_TABLE):
+        # Logs without a catalog: items are known by id only, so later stages still have a table.
+        ctx.lake.replace(_empty(ctx.spark, SILVER_ITEMS), SILVER_ITEMS_TABLE)
+    _record_files(ctx, new_events, "events", now)
+    _record_files(ctx, new_catalog, "items", now)
+
+    summary["versions"] = {
+        str(t): ctx.lake.version(t)
+        for t in (BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_ITEMS_TABLE)
+    }
+    log.info(
+        "ingest: %d rows in, %d good, %d quarantined, %d duplicate",
+        summary["rows_in"], summary["rows_good"], summary["rows_quarantined"], summary["rows_duplicate"],
+    )
+    return summary

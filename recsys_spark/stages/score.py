@@ -1,0 +1,355 @@
+"""Stage ``score``: the LSTM re-ranks each user's candidates -> gold/recommendations.
+
+Reads gold/candidates, gold/user_sequences (``history_items``), gold/item_embeddings (text
+vectors, for the reason), silver/items (titles) and, in incremental mode, silver/events
+(``_ingested_at``). Writes gold/recommendations (RECOMMENDATIONS schema): ``score.k`` rows per
+user in one Delta commit, so readers see the previous version or the new one, never a mix, and
+the previous version stays readable (``versionAsOf``) for rollback.
+
+- With a trained model the candidates are scored by ``SequenceRanker.score`` inside
+  ``mapInPandas``; the model is loaded once per Python worker. Without one, candidates keep
+  their retrieval order and ``model_version`` is ``"none"``.
+- ``reason``: "because you watched <title>", the history item whose text vector is most similar
+  to the recommended item. Users with fewer than ``score.min_history`` events or without
+  candidates get popular unseen items, with reason "popular: ..."; the same items fill lists
+  that have fewer than ``score.k`` scored candidates.
+- ``score.mode=incremental`` rescores only users with events ingested after the previous scoring
+  run and MERGEs their rows on (user_id, rank). The watermark (the newest ``_ingested_at`` seen)
+  is stored in the Delta commit's ``userMetadata``, so it moves atomically with the rows.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_spark.core.context import StageContext
+from recsys_spark.models.sequence import cached_ranker, latest_model_dir
+from recsys_spark.core.schemas import (
+    CANDIDATES_TABLE,
+    GENERATED_AT,
+    HISTORY_ITEMS,
+    INGESTED_AT,
+    ITEM_EMBEDDINGS_TABLE,
+    ITEM_ID,
+    MODEL_VERSION,
+    RANK,
+    REASON,
+    RECOMMENDATIONS,
+    RECOMMENDATIONS_TABLE,
+    RETRIEVAL_SCORE,
+    RUN_ID,
+    SCORE,
+    SILVER_EVENTS_TABLE,
+    SILVER_ITEMS_TABLE,
+    TITLE,
+    USER_ID,
+    USER_SEQUENCES_TABLE,
+    VECTOR,
+)
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = "none"
+WATERMARK_KEY = "score_watermark"
+CANDIDATE_ITEMS = "_candidate_items"
+BECAUSE = "_because"
+POPULARITY = "_popularity"
+_ORDER = "_order"
+_SCORED = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(SCORE, T.FloatType()),
+    ]
+)
+
+
+# ---- ranking ------------------------------------------------------------------------------
+def score_candidates(
+    candidate_lists: DataFrame, load_ranker: Callable[[], object], k: int
+) -> DataFrame:
+    """Model scores of each user's candidates, top ``k`` per user: ``(user_id, item_id, score)``.
+
+    Reads ``user_id``, ``history_items`` and ``_candidate_items`` (array, retrieval order).
+    ``load_ranker`` is called once per batch in the Python worker and should return a cached
+    model (:func:`recsys_spark.models.sequence.cached_ranker`); ties keep the retrieval order.
+    """
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            ranker = load_ranker()
+            histories = [list(h) if h is not None else [] for h in batch[HISTORY_ITEMS]]
+            candidates = [list(c) for c in batch[CANDIDATE_ITEMS]]
+            users, items, scores = [], [], []
+            for user, cands, probs in zip(batch[USER_ID], candidates, ranker.score(histories, candidates)):
+                order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k]
+                users.extend([user] * len(order))
+                items.extend(cands[i] for i in order)
+                scores.extend(float(probs[i]) for i in order)
+            yield pd.DataFrame({USER_ID: users, ITEM_ID: items, SCORE: np.asarray(scores, dtype=np.float32)})
+
+    return candidate_lists.mapInPandas(score, _SCORED)
+
+
+def candidate_lists(candidates: DataFrame, sequences: DataFrame) -> DataFrame:
+    """``(user_id, history_items, _candidate_items)``: each user's candidates in retrieval order."""
+    ordered = candidates.groupBy(USER_ID).agg(
+        F.sort_array(F.collect_list(F.struct(F.col(RANK), F.col(ITEM_ID)))).alias("_ranked")
+    )
+    return ordered.join(sequences, USER_ID).select(
+        USER_ID, HISTORY_ITEMS, F.transform("_ranked", lambda x: x[ITEM_ID]).alias(CANDIDATE_ITEMS)
+    )
+
+
+def by_retrieval(candidates: DataFrame, k: int) -> DataFrame:
+    """Without a model: the top ``k`` candidates by retrieval score (``score`` = retrieval score)."""
+    return candidates.where(F.col(RANK) <= k).select(USER_ID, ITEM_ID, F.col(RETRIEVAL_SCORE).cast("float").alias(SCORE))
+
+
+def popular_items(sequences: DataFrame, catalog: DataFrame, limit: int) -> DataFrame:
+    """The ``limit`` items in most users' histories: ``(item_id, _popularity, _order)``.
+
+    Catalog items (``item_id``) nobody has seen yet rank after them with popularity 0, so a
+    small or new catalog still fills every list."""
+    counts = sequences.select(USER_ID, F.explode(F.array_distinct(HISTORY_ITEMS)).alias(ITEM_ID)).groupBy(ITEM_ID).count()
+    counts = counts.join(catalog.select(ITEM_ID).distinct(), ITEM_ID, "full").fillna(0, ["count"])
+    top = counts.orderBy(F.desc("count"), ITEM_ID).limit(limit)
+    return top.select(
+        ITEM_ID,
+        F.col("count").alias(POPULARITY),
+        F.row_number().over(Window.orderBy(F.desc("count"), ITEM_ID)).alias(_ORDER),
+    )
+
+
+def fill_with_popular(
+    scored: DataFrame, users: DataFrame, all_sequences: DataFrame, catalog: DataFrame, k: int
+) -> DataFrame:
+    """Complete every user of ``users`` (``user_id``, ``history_items``) to ``k`` rows with
+    popular items (over ``all_sequences``) they have not seen.
+
+    ``scored`` ``(user_id, item_id, score)`` comes first in its own order; returns
+    ``(user_id, rank, item_id, score, _popularity)`` with ``_popularity`` null on scored rows.
+    """
+    n_users = max(1, all_sequences.count())
+    longest = users.select(F.max(F.size(HISTORY_ITEMS))).first()[0] or 0
+    # k + the longest history guarantees k unseen popular items for every user (catalog allowing).
+    popular = popular_items(all_sequences, catalog, k + longest)
+    seen = users.select(USER_ID, F.explode(HISTORY_ITEMS).alias(ITEM_ID))
+    fallback = (
+        users.select(USER_ID)
+        .crossJoin(popular)
+        .join(seen, [USER_ID, ITEM_ID], "left_anti")
+        .select(
+            USER_ID, ITEM_ID, (F.col(POPULARITY) / F.lit(n_users)).cast("float").alias(SCORE),
+            F.col(POPULARITY), (F.col(_ORDER) + F.lit(1_000_000)).alias(_ORDER),
+        )
+    )
+    first = scored.select(
+        USER_ID, ITEM_ID, F.col(SCORE).cast("float"), F.lit(None).cast("long").alias(POPULARITY),
+        F.row_number().over(Window.partitionBy(USER_ID).orderBy(F.desc(SCORE), ITEM_ID)).alias(_ORDER),
+    )
+    merged = first.unionByName(fallback)
+    deduped = merged.withColumn(
+        "_dup", F.row_number().over(Window.partitionBy(USER_ID, ITEM_ID).orderBy(_ORDER))
+    ).where(F.col("_dup") == 1)
+    ranked = deduped.withColumn(RANK, F.row_number().over(Window.partitionBy(USER_ID).orderBy(_ORDER)))
+    return ranked.where(F.col(RANK) <= k).select(USER_ID, F.col(RANK).cast("int"), ITEM_ID, SCORE, POPULARITY)
+
+
+# ---- reasons -------------------------------------------------------------------------------
+def most_similar_history_item(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame) -> DataFrame:
+    """``(user_id, rank, _because)``: the history item whose text vector has the highest cosine
+    with the recommended item. Rows whose item or history has no vector are absent."""
+    users = recs.select(USER_ID).distinct()
+    history = (
+        sequences.join(users, USER_ID)
+        .select(USER_ID, F.explode(F.array_distinct(HISTORY_ITEMS)).alias(ITEM_ID))
+        .join(embeddings, ITEM_ID)
+        .select(USER_ID, ITEM_ID, VECTOR, F.lit(None).cast("int").alias(RANK))
+    )
+    targets = recs.select(USER_ID, ITEM_ID, RANK).join(embeddings, ITEM_ID).select(USER_ID, ITEM_ID, VECTOR, RANK)
+    buckets = int(recs.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    rows = history.unionByName(targets).withColumn("_bucket", F.pmod(F.xxhash64(USER_ID), F.lit(buckets)))
+    return rows.groupBy("_bucket").applyInPandas(
+        _nearest_history, f"{USER_ID} string, {RANK} int, {BECAUSE} string"
+    )
+
+
+def _nearest_history(rows: pd.DataFrame) -> pd.DataFrame:
+    out_user, out_rank, out_item = [], [], []
+    for user, group in rows.groupby(USER_ID, sort=False):
+        is_target = group[RANK].notna().to_numpy()
+        if not is_target.any() or is_target.all():
+            continue
+        vectors = np.vstack(group[VECTOR].to_numpy()).astype(np.float32)
+        nearest = np.argmax(vectors[is_target] @ vectors[~is_target].T, axis=1)
+        history_ids = group[ITEM_ID].to_numpy()[~is_target]
+        out_user.extend([user] * int(is_target.sum()))
+        out_rank.extend(group[RANK].to_numpy()[is_target].astype(int).tolist())
+        out_item.extend(history_ids[nearest].tolist())
+    return pd.DataFrame({USER_ID: out_user, RANK: np.asarray(out_rank, dtype=np.int32), BECAUSE: out_item})
+
+
+def with_reasons(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, titles: DataFrame) -> DataFrame:
+    """Add ``reason`` to ``(user_id, rank, item_id, score, _popularity)`` rows."""
+    because = most_similar_history_item(recs.where(F.col(POPULARITY).isNull()), sequences, embeddings)
+    named = because.join(
+        titles.select(F.col(ITEM_ID).alias(BECAUSE), F.col(TITLE).alias("_because_title")), BECAUSE, "left"
+    )
+    rec_titles = titles.select(ITEM_ID, F.col(TITLE).alias("_title"))
+    return (
+        recs.join(named, [USER_ID, RANK], "left")
+        .join(rec_titles, ITEM_ID, "left")
+        .withColumn(
+            REASON,
+            F.when(
+                F.col(POPULARITY).isNotNull(),
+                F.format_string("popular: %s is in the history of %d users", F.coalesce("_title", ITEM_ID), POPULARITY),
+            )
+            .when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you watched "), F.coalesce("_because_title", BECAUSE)))
+            .otherwise(F.lit("close to your history")),
+        )
+    )
+
+
+# ---- incremental state -------------------------------------------------------------------
+def _history(ctx: StageContext) -> list:
+    where = ctx.lake.location(RECOMMENDATIONS_TABLE)
+    name = where if ctx.lake.catalog_mode else f"delta.`{where}`"
+    return ctx.spark.sql(f"DESCRIBE HISTORY {name} LIMIT 50").select("version", "userMetadata").collect()
+
+
+def last_state(ctx: StageContext) -> Optional[dict]:
+    """The ``userMetadata`` of the newest scoring commit of gold/recommendations, if any."""
+    if not ctx.lake.exists(RECOMMENDATIONS_TABLE):
+        return None
+    for row in sorted(_history(ctx), key=lambda r: -r["version"]):
+        try:
+            meta = json.loads(row["userMetadata"] or "")
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and WATERMARK_KEY in meta:
+            return meta
+    return None
+
+
+def _write(ctx: StageContext, recs: DataFrame, state: dict, incremental: bool) -> int:
+    """One commit carrying ``state`` as its userMetadata: replace, or merge on (user_id, rank)."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    ctx.spark.conf.set(key, json.dumps(state))
+    try:
+        if incremental:
+            return ctx.lake.merge(recs, RECOMMENDATIONS_TABLE, [USER_ID, RANK])
+        return ctx.lake.replace(recs, RECOMMENDATIONS_TABLE)
+    finally:
+        ctx.spark.conf.unset(key)
+
+
+# ---- the stage ------------------------------------------------------------------------------
+def run(ctx: StageContext) -> dict:
+    """Write gold/recommendations (full replace or incremental merge); return counts."""
+    sc = ctx.cfg.score
+    lake = ctx.lake
+    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS)
+    events = lake.read(SILVER_EVENTS_TABLE)
+    # As text in the session time zone, parsed back the same way: no driver-local time zone.
+    watermark_text = events.select(F.date_format(F.max(INGESTED_AT), "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
+
+    all_sequences = sequences
+    mode = sc.mode
+    previous = last_state(ctx) if mode == "incremental" else None
+    if mode == "incremental" and (previous is None or previous.get("k") != sc.k or previous.get(WATERMARK_KEY) is None):
+        log.info("score: no comparable previous scoring run (first run or score.k changed): scoring everyone")
+        mode = "full"
+    if mode == "incremental":
+        since = previous[WATERMARK_KEY]
+        changed = (
+            events.where(F.col(INGESTED_AT) > F.to_timestamp(F.lit(since))).select(USER_ID).distinct()
+        )
+        sequences = sequences.join(changed, USER_ID)
+    sequences = sequences.cache()
+    try:
+        summary = _score(ctx, all_sequences, sequences, mode, {WATERMARK_KEY: watermark_text, "k": sc.k, "run_id": ctx.run_id})
+    finally:
+        sequences.unpersist()
+    summary["watermark"] = watermark_text
+    return summary
+
+
+def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mode: str, state: dict) -> dict:
+    """Score the users of ``sequences`` (all of them, or the changed ones) and write their rows."""
+    sc = ctx.cfg.score
+    lake = ctx.lake
+    users = sequences.count()
+    candidates = lake.read(CANDIDATES_TABLE).join(sequences.select(USER_ID), USER_ID)
+    warm = sequences.where(F.size(HISTORY_ITEMS) >= sc.min_history).select(USER_ID)
+    warm_candidates = candidates.join(warm, USER_ID)
+
+    model_dir = latest_model_dir(ctx.cfg.models_dir)
+    unknown = 0
+    if model_dir is not None:
+        ranker = cached_ranker(model_dir)
+        model_version = ranker.version
+        vocabulary = ctx.spark.createDataFrame([(i,) for i in ranker.item_ids], f"{ITEM_ID} string")
+        known = warm_candidates.join(vocabulary, ITEM_ID, "left_semi")
+        total = warm_candidates.count()
+        unknown = total - known.count()
+        if total and unknown == total:
+            raise ValueError(
+                f"score: model {model_version} ({model_dir}) knows none of the {total} candidate items: "
+                "it does not match the item vocabulary; retrain (train) or rerun retrieve"
+            )
+        scored = score_candidates(candidate_lists(known, sequences), functools.partial(cached_ranker, model_dir), sc.k)
+    else:
+        model_version = NO_MODEL
+        scored = by_retrieval(warm_candidates, sc.k)
+
+    titles = lake.read(SILVER_ITEMS_TABLE).select(ITEM_ID, TITLE)
+    recs = fill_with_popular(scored, sequences, all_sequences, titles, sc.k)
+    embeddings = lake.read(ITEM_EMBEDDINGS_TABLE).select(ITEM_ID, VECTOR).where(F.size(VECTOR) > 0)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    final = (
+        with_reasons(recs, sequences, embeddings, titles)
+        .select(
+            USER_ID, RANK, ITEM_ID, SCORE, REASON,
+            F.lit(model_version).alias(MODEL_VERSION),
+            F.lit(ctx.run_id).alias(RUN_ID),
+            F.lit(now).cast("timestamp").alias(GENERATED_AT),
+            F.col(POPULARITY).isNotNull().alias("_popular"),
+        )
+        .cache()
+    )
+    try:
+        counts = final.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.countDistinct(USER_ID).alias("users"),
+            F.countDistinct(F.when(~F.col("_popular"), F.col(USER_ID))).alias("personalised_users"),
+            F.sum(F.col("_popular").cast("int")).alias("popular_rows"),
+        ).first()
+        # Columns cast in RECOMMENDATIONS order (not .to(): joins mark the key columns nullable).
+        rows = final.select(*[F.col(f.name).cast(f.dataType) for f in RECOMMENDATIONS.fields])
+        version = _write(ctx, rows, state, mode == "incremental")
+    finally:
+        final.unpersist()
+    return {
+        "mode": mode,
+        "model_version": model_version,
+        "users": users,
+        "recommended_users": counts["users"],
+        "personalised_users": counts["personalised_users"],
+        "cold_start_users": counts["users"] - counts["personalised_users"],
+        "rows": counts["rows"],
+        "popular_rows": counts["popular_rows"] or 0,
+        "k": sc.k,
+        "candidates_unknown_to_model": unknown,
+        "table_version": version,
+    }

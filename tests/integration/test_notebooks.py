@@ -1,0 +1,327 @@
+"""The Databricks notebooks: their source format, the local shim, and each notebook run locally
+on a tiny MovieLens cut. A stage's notebook runs once its stage module exists."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.support.cluster import write_tiny_movielens
+from tests.support import REPO, small_config
+
+from recsys_spark.integrations import databricks
+from recsys_spark.core.config import load_config
+from recsys_spark.core.context import make_context
+from recsys_spark.pipeline import run_stage
+from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_module_name
+from recsys_spark.core.schemas import (
+    CANDIDATES_TABLE,
+    ITEM_EMBEDDINGS_TABLE,
+    METRICS_TABLE,
+    RECOMMENDATIONS_TABLE,
+    SILVER_EVENTS_TABLE,
+    SILVER_ITEMS_TABLE,
+    SIMILAR_ITEMS_TABLE,
+    USER_SEQUENCES_TABLE,
+    USER_VECTORS_TABLE,
+)
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+QUICKSTART = "quickstart"
+# Tables each stage must leave non-empty (train writes a model folder, generate raw files).
+OUTPUT_TABLES = {
+    "ingest": (SILVER_EVENTS_TABLE, SILVER_ITEMS_TABLE),
+    "features": (USER_SEQUENCES_TABLE,),
+    "encode": (ITEM_EMBEDDINGS_TABLE,),
+    "interests": (USER_VECTORS_TABLE,),
+    "train": (),
+    "retrieve": (CANDIDATES_TABLE,),
+    "score": (RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE),
+    "evaluate": (METRICS_TABLE,),
+    "generate": (),
+}
+# Small enough for two shared cores; every key is a real config key, so a rename fails here.
+TINY_OVERRIDES = (
+    "train.epochs=1",
+    "train.embedding_dim=8",
+    "train.lstm_units=8",
+    "train.max_len=10",
+    "train.batch_size=32",
+    "encode.batch_size=16",
+    "retrieve.k=5",
+    "retrieve.candidates=20",
+    "retrieve.recall_sample=10",
+    "evaluate.ks=[5]",
+    "evaluate.baselines=[popularity]",
+    "generate.users=20",
+    "generate.items=15",
+    "generate.events=200",
+    "generate.topics=5",
+)
+FAST_STAGES = ("ingest", "features", "generate")
+
+
+def notebook_stages(path: Path) -> tuple[str, ...]:
+    """``07_score.py`` -> ``("score",)``; the quickstart runs the whole pipeline."""
+    name = path.stem.split("_", 1)[1]
+    return PIPELINE_ORDER if name == QUICKSTART else (name,)
+
+
+def require_stages(stages: "tuple[str, ...] | list[str]") -> None:
+    missing = [s for s in stages if importlib.util.find_spec(stage_module_name(s)) is None]
+    if missing:
+        pytest.skip(f"stage(s) {', '.join(missing)} not built yet")
+
+
+def write_config(path: Path, warehouse: Path) -> Path:
+    """The tests' local config as a YAML file, which is what the ``config`` widget takes."""
+    path.write_text(yaml.safe_dump(small_config(warehouse).to_dict()), encoding="utf-8")
+    return path
+
+
+def notebook_params(config: Path, movielens: Path, run_id: str) -> dict:
+    overrides = [f"input.events={movielens}", *TINY_OVERRIDES]
+    return {"config": str(config), "overrides": " ; ".join(overrides), "run_id": run_id}
+
+
+# ---- the source format ------------------------------------------------------------------------
+def test_every_stage_has_a_notebook_and_a_quickstart():
+    covered = {stage for path in NOTEBOOKS for stage in notebook_stages(path) if len(notebook_stages(path)) == 1}
+    assert covered == set(STAGES)
+    assert any(path.stem.endswith(QUICKSTART) for path in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_databricks_source(path):
+    cells = databricks.split_cells(path.read_text(encoding="utf-8"), path.name)
+    assert cells[0].magic == "md", "a notebook opens with a Markdown cell saying what it does"
+    python = "\n".join(c.source for c in cells if c.magic is None)
+    assert "databricks.define_widgets(dbutils)" in python
+    assert "databricks.notebook_context(spark, dbutils)" in python
+    assert cells[-1].magic is None and cells[-1].source.startswith("dbutils.notebook.exit(")
+    for stage in notebook_stages(path):
+        assert stage in STAGES
+
+
+# ---- the shim ---------------------------------------------------------------------------------
+def test_split_cells_reads_python_markdown_and_magic_cells():
+    source = "\n".join(
+        [
+            databricks.NOTEBOOK_HEADER,
+            "# MAGIC %md",
+            "# MAGIC # Title",
+            "# MAGIC text",
+            "",
+            databricks.CELL_SEPARATOR,
+            "",
+            "x = 1",
+            "",
+            databricks.CELL_SEPARATOR,
+            databricks.CELL_SEPARATOR,
+            "# MAGIC %pip install something",
+        ]
+    )
+    cells = databricks.split_cells(source)
+    assert [(c.index, c.magic) for c in cells] == [(1, "md"), (2, None), (3, "pip")]
+    assert cells[0].source == "%md\n# Title\ntext"
+    assert cells[1].source == "x = 1"
+
+
+def test_split_cells_rejects_non_notebooks_and_mixed_cells():
+    with pytest.raises(ValueError, match="not a Databricks source notebook"):
+        databricks.split_cells("x = 1\n", "plain.py")
+    mixed = f"{databricks.NOTEBOOK_HEADER}\n# MAGIC %md\nx = 1\n"
+    with pytest.raises(ValueError, match="mixed.py cell 1: mixes"):
+        databricks.split_cells(mixed, "mixed.py")
+
+
+def test_widgets_take_parameters_over_defaults():
+    dbutils = databricks.LocalDbutils({"config": "cluster", "extra": "7"})
+    databricks.define_widgets(dbutils)
+    assert dbutils.widgets.get("config") == "cluster"
+    assert dbutils.widgets.get("overrides") == ""
+    assert dbutils.widgets.get("extra") == "7"  # a job parameter without a widget
+    dbutils.widgets.dropdown("mode", "full", ["full", "incremental"])
+    assert dbutils.widgets.get("mode") == "full"
+    with pytest.raises(ValueError, match="'nope' is not defined"):
+        dbutils.widgets.get("nope")
+    assert dbutils.widgets.getArgument("nope", "fallback") == "fallback"
+    bad = databricks.LocalDbutils({"mode": "weekly"})
+    with pytest.raises(ValueError, match="'weekly' is not one of"):
+        bad.widgets.dropdown("mode", "full", ["full", "incremental"])
+
+
+def test_parse_overrides_splits_on_semicolons():
+    assert databricks.parse_overrides(" a.b=1 ;; c=[5, 10];") == ["a.b=1", "c=[5, 10]"]
+
+
+def test_run_notebook_stops_at_exit_and_rejects_unknown_magics(tmp_path, spark):
+    notebook = tmp_path / "nb.py"
+    notebook.write_text(
+        "\n".join(
+            [
+                databricks.NOTEBOOK_HEADER,
+                "# MAGIC %md Hello",
+                databricks.CELL_SEPARATOR,
+                'dbutils.widgets.text("n", "2")',
+                "total = int(dbutils.widgets.get('n')) + spark.range(3).count()",
+                databricks.CELL_SEPARATOR,
+                "dbutils.notebook.exit(total)",
+                databricks.CELL_SEPARATOR,
+                "raise AssertionError('cells after exit must not run')",
+            ]
+        )
+    )
+    result = databricks.run_notebook(notebook, spark, {"n": "4"})
+    assert result.exit_value == "7"
+    assert result.cells_run == 2
+    assert result.skipped == ["cell 1: %md"]
+    notebook.write_text(f"{databricks.NOTEBOOK_HEADER}\n# MAGIC %sh ls\n")
+    with pytest.raises(ValueError, match="nb.py cell 1: magic %sh cannot run locally"):
+        databricks.run_notebook(notebook, spark)
+
+
+# ---- every notebook, run locally ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def notebook_lake(spark, tmp_path_factory):
+    """One warehouse for the stage notebooks of this module, filled in pipeline order: a
+    notebook's earlier stages run through the library once, then the notebook runs its own."""
+    root = tmp_path_factory.mktemp("notebooks")
+    movielens = root / "ml-tiny"
+    counts = write_tiny_movielens(movielens)
+    config = write_config(root / "config.yaml", root / "warehouse")
+    params = notebook_params(config, movielens, "notebook-test")
+    ctx = databricks.notebook_context(spark, databricks.LocalDbutils(params))
+    return {"ctx": ctx, "params": params, "counts": counts, "done": set()}
+
+
+def _check_outputs(ctx, stage: str, summary: dict) -> None:
+    assert summary["stage"] == stage
+    assert summary["run_id"] == ctx.run_id
+    for table in OUTPUT_TABLES[stage]:
+        assert ctx.lake.read(table).limit(1).count() == 1, f"{stage} left {table} empty"
+
+
+def _notebook_params(path: Path):
+    stages = notebook_stages(path)
+    slow = len(stages) > 1 or stages[0] not in FAST_STAGES
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
+
+
+STAGE_NOTEBOOKS = [p for p in NOTEBOOKS if len(notebook_stages(p)) == 1]
+QUICKSTART_NOTEBOOKS = [p for p in NOTEBOOKS if len(notebook_stages(p)) > 1]
+
+
+@pytest.mark.parametrize("path", [_notebook_params(p) for p in STAGE_NOTEBOOKS])
+def test_stage_notebook_runs_locally(path, spark, notebook_lake):
+    (stage,) = notebook_stages(path)
+    ctx = notebook_lake["ctx"]
+    earlier = [] if stage == "generate" else list(PIPELINE_ORDER[: PIPELINE_ORDER.index(stage)])
+    require_stages(earlier + [stage])
+    for name in earlier:
+        if name not in notebook_lake["done"]:
+            run_stage(ctx, name)
+            notebook_lake["done"].add(name)
+
+    result = databricks.run_notebook(path, spark, notebook_lake["params"])
+    notebook_lake["done"].add(stage)
+
+    summary = json.loads(result.exit_value)
+    _check_outputs(ctx, stage, summary)
+    assert result.skipped and all("%md" in s for s in result.skipped)
+    if stage == "ingest":
+        assert summary["rows_good"] == notebook_lake["counts"]["ratings"]
+        assert ctx.lake.read(SILVER_ITEMS_TABLE).count() == notebook_lake["counts"]["movies"]
+    if stage == "features":
+        assert ctx.lake.read(USER_SEQUENCES_TABLE).count() == notebook_lake["counts"]["users"]
+    if stage == "generate":
+        assert summary["event_lines"] == 200
+        assert list(Path(summary["events_path"]).glob("events-*.jsonl")), "no event files written"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", QUICKSTART_NOTEBOOKS, ids=lambda p: p.stem)
+def test_quickstart_runs_the_whole_pipeline(path, spark, tmp_path):
+    require_stages(PIPELINE_ORDER)
+    movielens = tmp_path / "ml-tiny"
+    write_tiny_movielens(movielens)
+    params = notebook_params(write_config(tmp_path / "config.yaml", tmp_path / "warehouse"), movielens, "quickstart")
+    result = databricks.run_notebook(path, spark, params)
+    summary = json.loads(result.exit_value)
+    assert list(summary["stages"]) == list(PIPELINE_ORDER)
+    ctx = result.namespace["ctx"]
+    for stage in PIPELINE_ORDER:
+        _check_outputs(ctx, stage, summary["stages"][stage])
+
+
+def test_ingest_notebook_writes_catalog_tables_with_the_databricks_profile(spark, tmp_path):
+    """conf/databricks.yaml names tables <catalog>.<schema>.<layer>_<table>; locally the catalog
+    is spark_catalog and the schema lives in tmp_path."""
+    require_stages(["ingest"])
+    schema = "recsys_nb_test"
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{schema} LOCATION '{tmp_path / 'schema'}'")
+    movielens = tmp_path / "ml-tiny"
+    counts = write_tiny_movielens(movielens)
+    params = {
+        "config": str(REPO / "conf" / "databricks.yaml"),
+        "overrides": ";".join(
+            [
+                "tables.catalog=spark_catalog",
+                f"tables.schema={schema}",
+                f"warehouse={tmp_path / 'warehouse'}",
+                f"input.events={movielens}",
+            ]
+        ),
+    }
+    try:
+        result = databricks.run_notebook(REPO / "notebooks" / "01_ingest.py", spark, params)
+        assert json.loads(result.exit_value)["rows_good"] == counts["ratings"]
+        assert spark.table(f"spark_catalog.{schema}.silver_events").count() == counts["ratings"]
+        assert spark.table(f"spark_catalog.{schema}.silver_items").count() == counts["movies"]
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")
+
+
+# ---- the Databricks Workflows job ---------------------------------------------------------------
+WORKFLOW = REPO / "conf" / "databricks_workflow.json"
+
+
+def test_workflow_schedules_ingest_encode_score_nightly(monkeypatch):
+    job = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    cron = job["schedule"]["quartz_cron_expression"].split()
+    assert len(cron) in (6, 7) and cron[3:5] == ["*", "*"], "runs every day"
+    clusters = {c["job_cluster_key"] for c in job["job_clusters"]}
+
+    tasks = {t["task_key"]: t for t in job["tasks"]}
+    assert len(tasks) == len(job["tasks"]), "task keys are unique"
+    order = []
+    for task in job["tasks"]:  # listed in dependency order, so a cycle cannot hide
+        deps = [d["task_key"] for d in task.get("depends_on", [])]
+        assert all(d in order for d in deps), f"{task['task_key']} depends on a later or unknown task"
+        order.append(task["task_key"])
+        assert task["job_cluster_key"] in clusters
+        assert any("whl" in lib for lib in task["libraries"]), "the package wheel is a task library"
+        notebook = REPO / (task["notebook_task"]["notebook_path"] + ".py")
+        assert notebook.is_file(), f"{task['task_key']}: {notebook} does not exist"
+        assert notebook_stages(notebook) == (task["task_key"],)
+
+    def upstream(key: str) -> set:
+        deps = {d["task_key"] for d in tasks[key].get("depends_on", [])}
+        return deps.union(*(upstream(d) for d in deps)) if deps else set()
+
+    assert {"ingest", "encode"} <= upstream("score")
+    assert upstream("encode") == {"ingest"}
+
+    # The job parameters are the notebooks' widgets, and their defaults make a valid config,
+    # read from the notebook folder (a Git-sourced notebook task's working directory).
+    params = {p["name"]: p["default"] for p in job["parameters"]}
+    dbutils = databricks.LocalDbutils(params)
+    databricks.define_widgets(dbutils)
+    assert set(params) == {databricks.CONFIG_WIDGET, databricks.OVERRIDES_WIDGET, databricks.RUN_ID_WIDGET}
+    monkeypatch.chdir(REPO / "notebooks")
+    cfg = load_config(dbutils.widgets.get("config"), databricks.parse_overrides(dbutils.widgets.get("overrides")))
+    assert cfg.tables.mode == "catalog"
+    assert cfg.score.mode == "incremental"
+    assert cfg.features.split == "none"

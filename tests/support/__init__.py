@@ -1,0 +1,26 @@
+"""Helpers the tests share: paths, the small-test config, and (in submodules) the standalone
+cluster and the fuzzed-line writer. Tests import from here, never from ``conftest``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from recsys_spark.core.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+
+
+def small_config(warehouse: Path, *overrides: str) -> Config:
+    """The local profile with a private warehouse and small-test settings."""
+    base = [
+        f"warehouse={warehouse}",
+        "spark.master=local[2]",
+        "spark.shuffle_partitions=2",
+        "spark.driver_memory=2g",
+        # Delta replays its log with 50 tasks by default: far too many for tiny test tables.
+        "spark.conf.spark.databricks.delta.snapshotPartitions=2",
+    ]
+    return load_config("local", base + list(overrides))

@@ -1,0 +1,262 @@
+"""The train stage: examples built by Spark, artifacts, bad input, and the distributed backends."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+from recsys_spark.core import schemas as S
+from recsys_spark.stages import train
+from recsys_spark.models.sequence import FIRST_ITEM, LATEST_FILE, SequenceRanker, latest_model_dir
+from recsys_spark.trainers import TrainingFailed
+
+N_ITEMS = 24
+# Small and fast, but enough epochs for the validation loss to fall on the cyclic data below.
+TRAIN_SETTINGS = (
+    "train.epochs=6",
+    "train.batch_size=32",
+    "train.max_len=6",
+    "train.embedding_dim=16",
+    "train.lstm_units=16",
+    "train.learning_rate=0.01",
+    "train.negatives=3",
+    "train.tf_threads=1",
+    "train.early_stopping_patience=3",
+)
+
+
+def sequence_row(user: str, items: list, val: list, test: list) -> tuple:
+    train_items = items[: len(items) - len(val) - len(test)]
+    history = items[: len(items) - len(test)]
+    ts = list(range(len(items)))
+    w = [1.0] * len(items)
+    return (
+        user, items, ts, w,
+        history, ts[: len(history)], w[: len(history)],
+        train_items, ts[: len(train_items)], w[: len(train_items)],
+        val, test, True, len(items),
+    )
+
+
+def cyclic_sequences(spark, users: int = 60, seed: int = 0, jump: float = 0.0):
+    """Users walk the items in a cycle: the next item is the successor, or with probability
+    ``jump`` a random item. Learnable; with ``jump`` > 0 the best loss is well above 0."""
+    rng = random.Random(seed)
+    rows = []
+    for u in range(users):
+        position, n = rng.randrange(N_ITEMS), rng.randint(7, 14)
+        items = []
+        for _ in range(n):
+            items.append(f"i{position}")
+            position = rng.randrange(N_ITEMS) if rng.random() < jump else (position + 1) % N_ITEMS
+        rows.append(sequence_row(f"u{u}", items, [items[-2]], [items[-1]]))
+    return rows
+
+
+def write_sequences(ctx, rows) -> None:
+    ctx.lake.replace(ctx.spark.createDataFrame(rows, S.USER_SEQUENCES), S.USER_SEQUENCES_TABLE)
+
+
+# ---- the pure DataFrame functions ---------------------------------------------------------
+def test_examples_are_sliding_prefixes_with_token_ids(spark):
+    rows = [
+        sequence_row("a", ["x", "y", "z", "x", "w"], ["x"], ["w"]),
+        sequence_row("b", ["y", "z"], [], []),
+        sequence_row("c", ["q", "y", "v"], ["v"], []),  # 'v' never in training: OOV target
+    ]
+    sequences = spark.createDataFrame(rows, S.USER_SEQUENCES)
+    vocabulary = train.item_vocabulary(sequences)
+    vocab = {r[S.ITEM_ID]: r for r in vocabulary.collect()}
+    # By falling count, ties by id: y(3) z(2) then q, x (1 each).
+    assert {k: v["index"] for k, v in vocab.items()} == {"y": 2, "z": 3, "q": 4, "x": 5}
+    assert sum(2.718281828 ** v["log_q"] for v in vocab.values()) == pytest.approx(1.0)
+
+    tokens = train.token_sequences(sequences, vocabulary)
+    assert {r[S.USER_ID]: r["tokens"] for r in tokens.collect()} == {"a": [5, 2, 3], "b": [2, 3], "c": [4, 2]}
+    examples = sorted(
+        (r[S.USER_ID], r["history"], r["target"]) for r in train.training_examples(tokens, max_len=2).collect()
+    )
+    assert examples == [("a", [0, 5], 2), ("a", [5, 2], 3), ("b", [0, 2], 3), ("c", [0, 4], 2)]
+
+    validation = {r[S.USER_ID]: (r["history"], r["target"]) for r in train.validation_examples(sequences, tokens, vocabulary, 2).collect()}
+    assert validation == {"a": ([2, 3], 5), "c": ([4, 2], None)}
+    assert train.count_oov_items(sequences, vocabulary) == 2  # 'v' (validation) and 'w' (test)
+
+
+def test_item_vocabulary_min_count_and_uniform_negatives(spark):
+    sequences = spark.createDataFrame([sequence_row("a", ["x", "y", "x", "z", "x"], [], [])], S.USER_SEQUENCES)
+    vocabulary = train.item_vocabulary(sequences, min_count=2, uniform=True).collect()
+    assert [(r[S.ITEM_ID], r["index"]) for r in vocabulary] == [("x", FIRST_ITEM)]
+    assert vocabulary[0]["log_q"] == pytest.approx(0.0)
+
+
+# ---- the stage ----------------------------------------------------------------------------
+def test_local_training_publishes_a_model_and_counts_bad_input(make_ctx):
+    ctx = make_ctx(*TRAIN_SETTINGS)
+    rows = cyclic_sequences(ctx.spark)
+    rows.append(sequence_row("lonely", ["i3"], [], []))  # one event: no training example
+    rows.append(sequence_row("newcomer", ["i1", "i2", "i3", "brand-new"], ["brand-new"], []))
+    write_sequences(ctx, rows)
+
+    summary = train.run(ctx)
+
+    assert summary["backend"] == "local" and summary["world_size"] == 1
+    assert summary["users_without_examples"] == 1
+    assert summary["oov_items"] == 1
+    assert summary["items"] == N_ITEMS
+    assert summary["examples"] > 300 and summary["examples_per_s"] > 0
+    model_dir = latest_model_dir(ctx.cfg.models_dir)
+    assert model_dir == os.path.join(ctx.cfg.models_dir, summary["model_version"])
+    for name in ("model.keras", "config.json", "history.json", "metrics.json", "vocabulary"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert not [n for n in os.listdir(ctx.cfg.models_dir) if n.startswith(".staging")]
+    history = json.load(open(os.path.join(model_dir, "history.json")))
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    assert summary["val_loss"] == pytest.approx(min(history["val_loss"]), abs=1e-4)
+
+    ranker = SequenceRanker.load(model_dir)
+    assert ranker.version == summary["model_version"] and len(ranker.item_ids) == N_ITEMS
+    # The cyclic rule was learned: after i5, i6 outranks a far item.
+    [probs] = ranker.score([["i3", "i4", "i5"]], [["i6", "i17"]])
+    assert probs[0] > probs[1]
+
+
+def test_failed_training_leaves_the_previous_model_in_service(make_ctx, monkeypatch):
+    ctx = make_ctx(*TRAIN_SETTINGS, "train.epochs=1")
+    write_sequences(ctx, cyclic_sequences(ctx.spark, users=20))
+    first = train.run(ctx)["model_version"]
+
+    def dies(job, distribution="local"):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr("recsys_spark.trainers.worker.train_worker", dies)
+    with pytest.raises(TrainingFailed, match="local training failed: RuntimeError: worker lost"):
+        train.run(ctx)
+    assert open(os.path.join(ctx.cfg.models_dir, LATEST_FILE)).read().strip() == first
+    assert sorted(os.listdir(ctx.cfg.models_dir)) == sorted([first, LATEST_FILE])
+
+
+def test_empty_training_table_is_a_clear_error(make_ctx):
+    ctx = make_ctx(*TRAIN_SETTINGS)
+    write_sequences(ctx, [])
+    with pytest.raises(ValueError, match="nothing to train on"):
+        train.run(ctx)
+    write_sequences(ctx, [sequence_row("a", ["x"], [], [])])
+    with pytest.raises(ValueError, match="no training example: every user has fewer than 2 events"):
+        train.run(ctx)
+    assert latest_model_dir(ctx.cfg.models_dir) is None
+
+
+def test_local_backend_refuses_several_workers(make_ctx):
+    ctx = make_ctx(*TRAIN_SETTINGS, "train.num_workers=2")
+    write_sequences(ctx, cyclic_sequences(ctx.spark, users=10))
+    with pytest.raises(ValueError, match="train.backend=local runs one process"):
+        train.run(ctx)
+
+
+# ---- distributed backends on local[2] ----------------------------------------------------
+def assert_two_identical_workers(ctx, summary) -> None:
+    assert summary["world_size"] == 2
+    assert summary["identical_weights"], "ranks ended with different weights"
+    model_dir = latest_model_dir(ctx.cfg.models_dir)
+    ranks = json.load(open(os.path.join(model_dir, "config.json")))["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    history = json.load(open(os.path.join(model_dir, "history.json")))
+    assert history["val_loss"][-1] < history["val_loss"][0]
+
+
+# Each 2-worker backend, and the module it needs beyond TensorFlow (None: nothing more).
+TWO_WORKER_BACKENDS = {
+    "horovod": "horovod.spark",  # horovod.spark.run on the Spark executors
+    "tf_distribute": None,  # MultiWorkerMirroredStrategy in barrier tasks
+    "horovodrun": "horovod.tensorflow",  # horovodrun -np 2 --gloo, plain processes outside Spark
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", list(TWO_WORKER_BACKENDS))
+def test_two_workers_end_with_identical_weights(make_ctx, backend):
+    if TWO_WORKER_BACKENDS[backend]:
+        pytest.importorskip(TWO_WORKER_BACKENDS[backend])
+    ctx = make_ctx(*TRAIN_SETTINGS, f"train.backend={backend}", "train.num_workers=2")
+    write_sequences(ctx, cyclic_sequences(ctx.spark))
+    summary = train.run(ctx)
+    assert summary["backend"] == backend
+    assert_two_identical_workers(ctx, summary)
+
+
+def test_training_is_logged_to_mlflow_when_installed(make_ctx, monkeypatch):
+    """Where MLflow is installed (Databricks), each training run logs its params, metrics and the
+    model folder. A stand-in module records the calls; the real one is not a dependency."""
+    import contextlib
+    import sys
+    import types
+
+    calls: dict = {"runs": [], "params": {}, "metrics": {}, "artifacts": []}
+    fake = types.ModuleType("mlflow")
+
+    @contextlib.contextmanager
+    def start_run(run_name=None):
+        calls["runs"].append(run_name)
+        yield
+
+    fake.start_run = start_run
+    fake.log_params = calls["params"].update
+    fake.log_metrics = calls["metrics"].update
+    fake.log_artifacts = lambda path, artifact_path=None: calls["artifacts"].append((sorted(os.listdir(path)), artifact_path))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+
+    ctx = make_ctx(*TRAIN_SETTINGS, "train.epochs=1")
+    write_sequences(ctx, cyclic_sequences(ctx.spark, users=20))
+    summary = train.run(ctx)
+
+    assert calls["runs"] == [f"train-{summary['model_version']}"]
+    assert calls["params"]["train.epochs"] == 1 and calls["params"]["train.backend"] == "local"
+    assert calls["metrics"]["val_loss"] == pytest.approx(summary["val_loss"])
+    [(files, artifact_path)] = calls["artifacts"]
+    assert artifact_path == "model" and "model.keras" in files and "vocabulary" in files
+
+
+# Trained to convergence on data with a loss floor well above 0 (a quarter of the steps jump to
+# a random item), so "within a few percent" compares two converged models, not two points on a
+# curve falling towards 0. Measured on the 2-core VM: horovod 0.327 / 0.305 vs one process
+# 0.324 / 0.316 (1-3% apart), tf_distribute 0.328 vs 0.315 (4%); runs of one backend differ by up
+# to 7% between them (200 validation examples), hence the 10% tolerance.
+CONVERGED = ("train.epochs=20", "train.early_stopping_patience=4")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["horovod", "tf_distribute"])
+def test_two_workers_reach_the_one_process_val_loss(make_ctx, tmp_path, backend):
+    if backend == "horovod":
+        pytest.importorskip("horovod.spark")
+    rows = cyclic_sequences(None, users=200, jump=0.25)
+    losses = {}
+    # The 2-worker run first: horovod.spark.run once failed to start ("Empty") right after a
+    # one-process training in the same driver on this data (see the issue 4 note).
+    for name, settings in ((backend, (f"train.backend={backend}", "train.num_workers=2")), ("local", ())):
+        ctx = make_ctx(*TRAIN_SETTINGS, *CONVERGED, *settings, warehouse=tmp_path / name)
+        write_sequences(ctx, rows)
+        summary = train.run(ctx)
+        assert summary["backend"] == name
+        losses[name] = summary["val_loss"]
+    assert losses[backend] == pytest.approx(losses["local"], rel=0.1), losses
+
+
+@pytest.mark.slow
+def test_tf_distribute_worker_failure_is_reported_by_rank(make_ctx, tmp_path):
+    from recsys_spark.trainers import TrainJob, get_trainer
+
+    ctx = make_ctx()
+    job = TrainJob(
+        version="v", work_dir=str(tmp_path / "work"), train_dir=str(tmp_path / "missing"), val_dir=None,
+        vocabulary_dir=str(tmp_path / "missing"), export_dir=str(tmp_path / "out"), world_size=2,
+        model={"n_tokens": 4, "max_len": 2, "embedding_dim": 2, "lstm_units": 2}, epochs=1, batch_size=2,
+        learning_rate=0.01, warmup_epochs=0, negatives=1, patience=0, seed=1, steps_per_epoch=1, val_steps=0,
+    )
+    with pytest.raises(TrainingFailed, match=r"tf_distribute with 2 barrier tasks failed: .*worker \d exited"):
+        get_trainer("tf_distribute").fit(job, ctx.spark)
+    assert not os.path.exists(tmp_path / "out")

@@ -12,25 +12,17 @@
 # MAGIC    (`ratings.csv`, `movies.csv`, `tags.csv`) goes to `/Volumes/main/recsys/raw/events`.
 # MAGIC    Or run `09_generate` first and point `input.events` / `input.items` at its output.
 # MAGIC
-# MAGIC **Parameters** (widgets): `config` (a profile in `conf/` or a YAML path), `overrides`
+# MAGIC **Parameters** (widgets, from `./_setup`): `config` (a profile in `conf/` or a YAML path), `overrides`
 # MAGIC (`key=value` pairs separated by `;`, e.g. `train.epochs=2;evaluate.ks=[10]`), `run_id`.
 # MAGIC Tables are Unity Catalog names `<catalog>.<schema>.<layer>_<table>` (`tables.mode: catalog`).
 
 # COMMAND ----------
 
-from recsys_spark.integrations import databricks
-
-databricks.define_widgets(dbutils)
+# MAGIC %run ./_setup
 
 # COMMAND ----------
 
-import json
-
-from recsys_spark import pipeline
-
-ctx = databricks.notebook_context(spark, dbutils)
-summary = pipeline.run_all(ctx)
-print(json.dumps(summary["timings"], indent=2))
+summary = databricks.run_stage_notebook(ctx, "run")
 
 # COMMAND ----------
 
@@ -40,9 +32,7 @@ print(json.dumps(summary["timings"], indent=2))
 
 # COMMAND ----------
 
-from recsys_spark.core.schemas import METRICS_TABLE, RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE
-
-display(ctx.lake.read(METRICS_TABLE))
+display(ctx.lake.read(schemas.METRICS_TABLE))
 
 # COMMAND ----------
 
@@ -51,12 +41,12 @@ display(ctx.lake.read(METRICS_TABLE))
 
 # COMMAND ----------
 
-display(ctx.lake.read(RECOMMENDATIONS_TABLE).limit(50))
+display(ctx.lake.read(schemas.RECOMMENDATIONS_TABLE).limit(50))
 
 # COMMAND ----------
 
-display(ctx.lake.read(SIMILAR_ITEMS_TABLE).limit(50))
+display(ctx.lake.read(schemas.SIMILAR_ITEMS_TABLE).limit(50))
 
 # COMMAND ----------
 
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(databricks.summary_json(summary))

@@ -4,38 +4,17 @@
 # MAGIC
 # MAGIC Raw event logs (JSONL / CSV / Parquet / MovieLens) and the item catalog become `bronze.events`, `silver.events`, `silver.items`; rows that fail validation go to `silver.quarantine` with a reason. Re-running picks up only new files.
 # MAGIC
-# MAGIC **Parameters** (widgets, or job parameters in a Workflow):
-# MAGIC - `config`: a profile in `conf/` (`databricks`, `cluster`, `local`) or a YAML path;
-# MAGIC - `overrides`: `key=value` pairs separated by `;`, e.g. `input.events=/Volumes/main/recsys/raw/events;score.k=20`;
-# MAGIC - `run_id`: recorded with the outputs (empty: a new one).
-# MAGIC
-# MAGIC The cluster needs the `recsys_spark` wheel as a library (see `notebooks/README.md`).
+# MAGIC Parameters (`config`, `overrides`, `run_id`) and `ctx` come from `./_setup`.
 
 # COMMAND ----------
 
-from recsys_spark.integrations import databricks
-
-databricks.define_widgets(dbutils)
+# MAGIC %run ./_setup
 
 # COMMAND ----------
 
-import json
-
-from recsys_spark import pipeline
-
-ctx = databricks.notebook_context(spark, dbutils)
-summary = pipeline.run_stage(ctx, "ingest")
-print(json.dumps(summary, indent=2, default=str))
-
-# COMMAND ----------
-
-from recsys_spark.core.schemas import SILVER_EVENTS_TABLE, SILVER_ITEMS_TABLE
-
-# Events as typed in silver
-display(ctx.lake.read(SILVER_EVENTS_TABLE).limit(20))
-
-# The item catalog
-display(ctx.lake.read(SILVER_ITEMS_TABLE).limit(20))
+summary = databricks.run_stage_notebook(
+    ctx, "ingest", display, show=[schemas.SILVER_EVENTS_TABLE, schemas.SILVER_ITEMS_TABLE]
+)
 
 # COMMAND ----------
 
@@ -44,4 +23,4 @@ display(ctx.lake.read(SILVER_ITEMS_TABLE).limit(20))
 
 # COMMAND ----------
 
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(databricks.summary_json(summary))

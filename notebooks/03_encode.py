@@ -4,35 +4,15 @@
 # MAGIC
 # MAGIC Item text from `silver.items` is encoded by a sentence-transformers model in a pandas UDF into `gold.item_embeddings`; only items whose `content_hash` is new or changed are encoded again.
 # MAGIC
-# MAGIC **Parameters** (widgets, or job parameters in a Workflow):
-# MAGIC - `config`: a profile in `conf/` (`databricks`, `cluster`, `local`) or a YAML path;
-# MAGIC - `overrides`: `key=value` pairs separated by `;`, e.g. `input.events=/Volumes/main/recsys/raw/events;score.k=20`;
-# MAGIC - `run_id`: recorded with the outputs (empty: a new one).
-# MAGIC
-# MAGIC The cluster needs the `recsys_spark` wheel as a library (see `notebooks/README.md`).
+# MAGIC Parameters (`config`, `overrides`, `run_id`) and `ctx` come from `./_setup`.
 
 # COMMAND ----------
 
-from recsys_spark.integrations import databricks
-
-databricks.define_widgets(dbutils)
+# MAGIC %run ./_setup
 
 # COMMAND ----------
 
-import json
-
-from recsys_spark import pipeline
-
-ctx = databricks.notebook_context(spark, dbutils)
-summary = pipeline.run_stage(ctx, "encode")
-print(json.dumps(summary, indent=2, default=str))
-
-# COMMAND ----------
-
-from recsys_spark.core.schemas import ITEM_EMBEDDINGS_TABLE
-
-# Item embeddings
-display(ctx.lake.read(ITEM_EMBEDDINGS_TABLE).limit(20))
+summary = databricks.run_stage_notebook(ctx, "encode", display, show=[schemas.ITEM_EMBEDDINGS_TABLE])
 
 # COMMAND ----------
 
@@ -41,4 +21,4 @@ display(ctx.lake.read(ITEM_EMBEDDINGS_TABLE).limit(20))
 
 # COMMAND ----------
 
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(databricks.summary_json(summary))

@@ -4,28 +4,15 @@
 # MAGIC
 # MAGIC The LSTM sequence model is trained on `gold.user_sequences` (backend from `train.backend`: `local`, `horovod`, or `tf_distribute` on Databricks) and saved under `models/<version>/`.
 # MAGIC
-# MAGIC **Parameters** (widgets, or job parameters in a Workflow):
-# MAGIC - `config`: a profile in `conf/` (`databricks`, `cluster`, `local`) or a YAML path;
-# MAGIC - `overrides`: `key=value` pairs separated by `;`, e.g. `input.events=/Volumes/main/recsys/raw/events;score.k=20`;
-# MAGIC - `run_id`: recorded with the outputs (empty: a new one).
-# MAGIC
-# MAGIC The cluster needs the `recsys_spark` wheel as a library (see `notebooks/README.md`).
+# MAGIC Parameters (`config`, `overrides`, `run_id`) and `ctx` come from `./_setup`.
 
 # COMMAND ----------
 
-from recsys_spark.integrations import databricks
-
-databricks.define_widgets(dbutils)
+# MAGIC %run ./_setup
 
 # COMMAND ----------
 
-import json
-
-from recsys_spark import pipeline
-
-ctx = databricks.notebook_context(spark, dbutils)
-summary = pipeline.run_stage(ctx, "train")
-print(json.dumps(summary, indent=2, default=str))
+summary = databricks.run_stage_notebook(ctx, "train")
 
 # COMMAND ----------
 
@@ -34,4 +21,4 @@ print(json.dumps(summary, indent=2, default=str))
 
 # COMMAND ----------
 
-dbutils.notebook.exit(json.dumps(summary, default=str))
+dbutils.notebook.exit(databricks.summary_json(summary))

@@ -1,23 +1,31 @@
-"""Databricks notebooks: their parameters (widgets), and a local runner so they run in tests too.
+"""Databricks notebooks: their parameters (widgets), what a stage notebook does, and a local
+runner so they run in tests too.
 
 The notebooks in ``notebooks/`` are Databricks source files: cells split by ``# COMMAND ----------``,
-Markdown and magics as ``# MAGIC`` lines. On Databricks they call :func:`define_widgets` and
-:func:`notebook_context` with the ``dbutils`` and ``spark`` the runtime provides. Locally,
-:func:`run_notebook` executes the Python cells in order with a stand-in ``dbutils`` whose widgets
-take their values from a mapping (what job parameters do on Databricks), ``display`` logging the
-shown frame's schema, and ``spark`` the caller's session.
+Markdown and magics as ``# MAGIC`` lines. Each one starts with ``%run ./_setup``, the shared
+notebook that calls :func:`define_widgets` and :func:`notebook_context` with the ``dbutils`` and
+``spark`` the runtime provides; a stage notebook then calls :func:`run_stage_notebook` and exits
+with :func:`summary_json`. Locally, :func:`run_notebook` executes the Python cells in order (and
+the cells of a ``%run`` notebook in the same namespace, as Databricks does) with a stand-in
+``dbutils`` whose widgets take their values from a mapping (what job parameters do on
+Databricks), ``display`` logging the shown frame's schema, and ``spark`` the caller's session.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from pyspark.sql import SparkSession
 
+from recsys_spark import pipeline
 from recsys_spark.core.config import load_config
 from recsys_spark.core.context import StageContext, make_context
+from recsys_spark.core.schemas import TableRef
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,11 @@ DEFAULT_NOTEBOOK_CONFIG = "../conf/databricks.yaml"
 # Magics with no local meaning: Markdown is documentation, and the local environment is
 # installed by .ci/install, so %pip lines are skipped rather than run.
 SKIPPED_MAGICS = ("md", "pip")
+# ``%run ./other_notebook`` runs that notebook's cells in the caller's namespace.
+RUN_MAGIC = "run"
+NOTEBOOK_SUFFIX = ".py"
+# The command that runs every stage in order (as ``recsys-spark run``).
+PIPELINE_COMMAND = "run"
 
 
 # ---- what the notebooks call (on Databricks and locally) -------------------------------------
@@ -62,6 +75,35 @@ def notebook_context(spark: SparkSession, dbutils: Any) -> StageContext:
         prefix = f"{cfg.tables.catalog}." if cfg.tables.catalog else ""
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}{cfg.tables.schema}")
     return make_context(spark, cfg, dbutils.widgets.get(RUN_ID_WIDGET) or None)
+
+
+def run_stage_notebook(
+    ctx: StageContext,
+    command: str,
+    display: Optional[Callable[[Any], None]] = None,
+    show: Iterable[TableRef] = (),
+    limit: Optional[int] = 20,
+) -> dict:
+    """What a stage notebook does: run ``command`` (a stage, or ``"run"``: every stage in
+    order), print its summary, ``display`` the first ``limit`` rows (``None``: all) of each table
+    in ``show``, and return the summary (for ``dbutils.notebook.exit``)."""
+    show = list(show)
+    if show and display is None:
+        raise ValueError(f"{command}: showing {', '.join(map(str, show))} needs the notebook's display")
+    if command == PIPELINE_COMMAND:
+        summary = pipeline.run_all(ctx)
+    else:
+        summary = pipeline.run_stage(ctx, command)
+    print(json.dumps(summary, indent=2, default=str))
+    for table in show:
+        frame = ctx.lake.read(table)
+        display(frame if limit is None else frame.limit(limit))
+    return summary
+
+
+def summary_json(summary: Mapping[str, Any]) -> str:
+    """A summary as the one-line JSON a notebook exits with (what a Workflow task passes on)."""
+    return json.dumps(summary, default=str)
 
 
 # ---- reading the source format ---------------------------------------------------------------
@@ -175,12 +217,14 @@ class LocalDbutils:
 @dataclass
 class NotebookResult:
     """What a local notebook run gives back: the ``dbutils.notebook.exit`` value, the cells run
-    and skipped, and the notebook's globals (to inspect its variables)."""
+    (Python and ``%run`` cells, those of the notebooks it ``%run``s included) and skipped, the
+    notebooks ``%run`` (in order), and the notebook's globals (to inspect its variables)."""
 
     exit_value: Optional[str]
     cells_run: int
     skipped: list[str] = field(default_factory=list)
     namespace: dict = field(default_factory=dict)
+    runs: list[Path] = field(default_factory=list)
 
 
 def _display(obj: Any, *args: Any, **kwargs: Any) -> None:
@@ -197,9 +241,8 @@ def run_notebook(
     path: "str | Path", spark: SparkSession, parameters: Optional[Mapping[str, str]] = None
 ) -> NotebookResult:
     """Run a Databricks source notebook locally: its Python cells in order in one namespace,
-    Markdown and ``%pip`` cells skipped; any other magic is an error naming the cell."""
-    path = Path(path)
-    cells = split_cells(path.read_text(encoding="utf-8"), path.name)
+    ``%run ./other`` cells by running that notebook's cells in the same namespace, Markdown and
+    ``%pip`` cells skipped; any other magic is an error naming the cell."""
     namespace: dict = {
         "__name__": "__main__",
         "spark": spark,
@@ -208,18 +251,64 @@ def run_notebook(
         "displayHTML": _display_html,
     }
     result = NotebookResult(exit_value=None, cells_run=0, namespace=namespace)
+    try:
+        _run_cells(Path(path), result, within=())
+    except NotebookExit as done:
+        # dbutils.notebook.exit ends the whole run, also from inside a %run notebook.
+        result.exit_value = done.value
+    return result
+
+
+def run_target(cell: Cell, notebook: Path) -> Path:
+    """The notebook file a ``%run ./relative/path`` cell of ``notebook`` names: relative to the
+    notebook's folder, the ``.py`` of a source file optional (Databricks names have none)."""
+    where = f"{notebook.name} cell {cell.index}"
+    lines = cell.source.splitlines()
+    if len(lines) != 1:
+        raise ValueError(f"{where}: a %run cell holds the %run line only, got {len(lines)} lines")
+    try:
+        words = shlex.split(lines[0])[1:]
+    except ValueError as exc:  # an unclosed quote
+        raise ValueError(f"{where}: cannot read {lines[0]!r}: {exc}") from None
+    if len(words) != 1:
+        raise ValueError(f"{where}: %run takes one notebook path and, locally, no arguments; got {words}")
+    target = words[0]
+    if not target.startswith(("./", "../")):
+        raise ValueError(f"{where}: %run {target}: only a path relative to the notebook (./name) runs locally")
+    # Lexically, as the workspace does: ../ steps out of the folder named, whatever the links.
+    base = Path(os.path.normpath(notebook.parent / target))
+    candidates = [base] if base.suffix == NOTEBOOK_SUFFIX else [base.with_name(base.name + NOTEBOOK_SUFFIX), base]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{where}: %run {target}: no such notebook (looked for {', '.join(str(c) for c in candidates)})"
+    )
+
+
+def _run_cells(path: Path, result: NotebookResult, within: tuple) -> None:
+    """Run ``path``'s cells into ``result.namespace``; ``within`` holds the notebooks whose
+    ``%run`` led here, so a notebook that runs itself again is an error, not a recursion."""
+    cells = split_cells(path.read_text(encoding="utf-8"), path.name)
+    within = (*within, path.resolve())
+    # A skipped cell of the notebook run is "cell N", one of a %run notebook "<file> cell N".
+    label = f"{path.name} " if len(within) > 1 else ""
     for cell in cells:
+        if cell.magic == RUN_MAGIC:
+            target = run_target(cell, path)
+            if target.resolve() in within:
+                chain = " -> ".join(p.name for p in (*within, target))
+                raise ValueError(f"{path.name} cell {cell.index}: %run cycle {chain}")
+            log.info("%s: cell %d runs %s", path.name, cell.index, target)
+            result.runs.append(target)
+            result.cells_run += 1
+            _run_cells(target, result, within)
+            continue
         if cell.magic is not None:
             if cell.magic not in SKIPPED_MAGICS:
                 raise ValueError(f"{path.name} cell {cell.index}: magic %{cell.magic} cannot run locally")
-            result.skipped.append(f"cell {cell.index}: %{cell.magic}")
+            result.skipped.append(f"{label}cell {cell.index}: %{cell.magic}")
             continue
         log.info("%s: running cell %d", path.name, cell.index)
-        try:
-            exec(compile(cell.source, f"{path.name}[cell {cell.index}]", "exec"), namespace)  # noqa: S102
-        except NotebookExit as done:
-            result.exit_value = done.value
-            result.cells_run += 1
-            break
         result.cells_run += 1
-    return result
+        exec(compile(cell.source, f"{path.name}[cell {cell.index}]", "exec"), result.namespace)  # noqa: S102

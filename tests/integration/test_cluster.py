@@ -51,13 +51,13 @@ def test_ingest_and_features_through_spark_submit(cluster, tmp_path, make_ctx):
     completed_before = len(cluster.state()["completedapps"])
 
     summaries = {}
-    for job in ("ingest", "features"):
+    for command in ("ingest", "features"):
         code, stdout, stderr = spark_submit(
-            cluster, job, package, REPO / "conf" / "cluster.yaml", overrides, cwd=tmp_path
+            cluster, command, package, REPO / "conf" / "cluster.yaml", overrides, cwd=tmp_path
         )
-        assert code == 0, f"spark-submit jobs/{job}.py failed ({code}):\n{stderr[-4000:]}"
-        summaries[job] = summary_line(stdout)
-        assert summaries[job]["status"] == "ok"
+        assert code == 0, f"spark-submit jobs/main.py {command} failed ({code}):\n{stderr[-4000:]}"
+        summaries[command] = summary_line(stdout)
+        assert summaries[command]["status"] == "ok"
 
     # Each job ran as an application of the standalone master, on both workers.
     apps = cluster.state()["completedapps"][completed_before:]
@@ -90,7 +90,7 @@ PIPELINE_SETTINGS = (
 
 
 def test_whole_pipeline_through_spark_submit(cluster, tmp_path, make_ctx):
-    """``jobs/pipeline.py`` runs every stage as one application on the two workers; each gold
+    """``jobs/main.py run`` runs every stage as one application on the two workers; each gold
     table it writes is checked, not only its exit code."""
     try:
         import horovod.spark  # noqa: F401
@@ -105,8 +105,8 @@ def test_whole_pipeline_through_spark_submit(cluster, tmp_path, make_ctx):
     overrides = [f"warehouse={warehouse}", f"input.events={movielens}", "spark.shuffle_partitions=2",
                  *PIPELINE_SETTINGS, *backend]
 
-    code, stdout, stderr = spark_submit(cluster, "pipeline", package, REPO / "conf" / "cluster.yaml", overrides, cwd=tmp_path)
-    assert code == 0, f"spark-submit jobs/pipeline.py failed ({code}):\n{stderr[-4000:]}"
+    code, stdout, stderr = spark_submit(cluster, "run", package, REPO / "conf" / "cluster.yaml", overrides, cwd=tmp_path)
+    assert code == 0, f"spark-submit jobs/main.py run failed ({code}):\n{stderr[-4000:]}"
     summary = summary_line(stdout)
     assert summary["status"] == "ok"
     stages = summary["stages"]

@@ -29,6 +29,8 @@ from recsys_spark.core.schemas import (
 )
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+# The shared setup every notebook starts with (`%run ./_setup`): widgets, ctx, helpers.
+SETUP = REPO / "notebooks" / "_setup.py"
 QUICKSTART = "quickstart"
 # Tables each stage must leave non-empty (train writes a model folder, generate raw files).
 OUTPUT_TABLES = {
@@ -93,16 +95,40 @@ def test_every_stage_has_a_notebook_and_a_quickstart():
     assert any(path.stem.endswith(QUICKSTART) for path in NOTEBOOKS)
 
 
+def python_source(path: Path) -> str:
+    """The Python a notebook runs: its own cells' and, in place, those of the notebooks it ``%run``s."""
+    parts = []
+    for cell in databricks.split_cells(path.read_text(encoding="utf-8"), path.name):
+        if cell.magic == databricks.RUN_MAGIC:
+            parts.append(python_source(databricks.run_target(cell, path)))
+        elif cell.magic is None:
+            parts.append(cell.source)
+    return "\n".join(parts)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_databricks_source(path):
     cells = databricks.split_cells(path.read_text(encoding="utf-8"), path.name)
     assert cells[0].magic == "md", "a notebook opens with a Markdown cell saying what it does"
-    python = "\n".join(c.source for c in cells if c.magic is None)
+    # The shared setup runs before any of the notebook's own Python.
+    first_code = next(c for c in cells if c.magic != "md")
+    assert first_code.magic == databricks.RUN_MAGIC and databricks.run_target(first_code, path) == SETUP
+    python = python_source(path)
     assert "databricks.define_widgets(dbutils)" in python
     assert "databricks.notebook_context(spark, dbutils)" in python
     assert cells[-1].magic is None and cells[-1].source.startswith("dbutils.notebook.exit(")
     for stage in notebook_stages(path):
         assert stage in STAGES
+
+
+def test_setup_notebook_declares_the_widgets_and_the_context():
+    cells = databricks.split_cells(SETUP.read_text(encoding="utf-8"), SETUP.name)
+    assert cells[0].magic == "md"
+    assert all(c.magic in (None, "md") for c in cells), "the setup runs no other notebook or magic"
+    python = python_source(SETUP)
+    assert python.index("databricks.define_widgets(dbutils)") < python.index(
+        "ctx = databricks.notebook_context(spark, dbutils)"
+    )
 
 
 # ---- the shim ---------------------------------------------------------------------------------
@@ -183,6 +209,60 @@ def test_run_notebook_stops_at_exit_and_rejects_unknown_magics(tmp_path, spark):
         databricks.run_notebook(notebook, spark)
 
 
+def _notebook(path: Path, *cells: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(databricks.NOTEBOOK_HEADER + "\n" + f"\n{databricks.CELL_SEPARATOR}\n".join(cells) + "\n")
+    return path
+
+
+def test_run_magic_runs_the_other_notebook_in_the_same_namespace(tmp_path, spark):
+    _notebook(
+        tmp_path / "shared" / "_common.py",
+        "# MAGIC %md Shared",
+        'dbutils.widgets.text("n", "2")\nbase = int(dbutils.widgets.get("n"))',
+    )
+    _notebook(tmp_path / "shared" / "_setup.py", "# MAGIC %run ./_common", "double = base * 2")
+    notebook = _notebook(
+        tmp_path / "nbs" / "nb.py",
+        "# MAGIC %md Uses the setup",
+        "# MAGIC %run ../shared/_setup",
+        "dbutils.notebook.exit(double + base + spark.range(1).count())",
+        "raise AssertionError('cells after exit must not run')",
+    )
+    result = databricks.run_notebook(notebook, spark, {"n": "5"})
+    assert result.exit_value == "16"  # 10 + 5 + 1: the widget, and both notebooks' variables
+    assert result.namespace["double"] == 10
+    assert result.runs == [tmp_path / "shared" / "_setup.py", tmp_path / "shared" / "_common.py"]
+    # nb: %run, exit; _setup: %run, one cell; _common: one cell.
+    assert result.cells_run == 5
+    assert result.skipped == ["cell 1: %md", "_common.py cell 1: %md"]
+
+    # dbutils.notebook.exit inside a %run notebook ends the whole run.
+    _notebook(tmp_path / "exits.py", "dbutils.notebook.exit('early')")
+    caller = _notebook(tmp_path / "caller.py", "# MAGIC %run ./exits", "raise AssertionError('ran on after exit')")
+    assert databricks.run_notebook(caller, spark).exit_value == "early"
+
+
+def test_run_magic_names_a_missing_or_unusable_target(tmp_path, spark):
+    notebook = _notebook(tmp_path / "nb.py", "x = 1", "# MAGIC %run ./no_such_setup")
+    with pytest.raises(FileNotFoundError, match=r"nb.py cell 2: %run ./no_such_setup: no such notebook \(looked for .*no_such_setup.py"):
+        databricks.run_notebook(notebook, spark)
+    _notebook(notebook, "# MAGIC %run /Workspace/Shared/setup")
+    with pytest.raises(ValueError, match="nb.py cell 1: %run /Workspace/Shared/setup: only a path relative"):
+        databricks.run_notebook(notebook, spark)
+    _notebook(notebook, '# MAGIC %run ./other $n="3"')
+    with pytest.raises(ValueError, match="nb.py cell 1: %run takes one notebook path"):
+        databricks.run_notebook(notebook, spark)
+    _notebook(notebook, "# MAGIC %run ./nb")
+    with pytest.raises(ValueError, match="nb.py cell 1: %run cycle nb.py -> nb.py"):
+        databricks.run_notebook(notebook, spark)
+
+
+def test_run_stage_notebook_needs_display_to_show_tables():
+    with pytest.raises(ValueError, match="ingest: showing silver/events needs the notebook's display"):
+        databricks.run_stage_notebook(None, "ingest", show=[SILVER_EVENTS_TABLE])
+
+
 # ---- every notebook, run locally ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def notebook_lake(spark, tmp_path_factory):
@@ -230,6 +310,7 @@ def test_stage_notebook_runs_locally(path, spark, notebook_lake):
 
     summary = json.loads(result.exit_value)
     _check_outputs(ctx, stage, summary)
+    assert result.runs == [SETUP]
     assert result.skipped and all("%md" in s for s in result.skipped)
     if stage == "ingest":
         assert summary["rows_good"] == notebook_lake["counts"]["ratings"]

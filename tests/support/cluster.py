@@ -22,6 +22,8 @@ from recsys_spark.core.session import DELTA_CATALOG, DELTA_EXTENSION
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
+# The one spark-submit entry script: `jobs/main.py <command> [options]`.
+JOB_ENTRY = REPO / "jobs" / "main.py"
 # .ci/run sets this to a folder where the cluster's process ids are written, so that it can stop
 # what a crashed test run left behind.
 PID_DIR_ENV = "RECSYS_CLUSTER_PIDS"
@@ -188,7 +190,7 @@ class StandaloneCluster:
 
 def spark_submit(
     cluster: StandaloneCluster,
-    job: str,
+    command: str,
     py_files: Path,
     config: Path,
     overrides: Sequence[str],
@@ -197,8 +199,9 @@ def spark_submit(
     timeout: float = 2400.0,
     delta_package: Optional[str] = None,
 ) -> tuple[int, str, str]:
-    """``spark-submit`` ``jobs/<job>.py`` to the cluster with the package in ``--py-files`` and
-    the config in ``--files``; returns (exit code, stdout, stderr)."""
+    """``spark-submit jobs/main.py <command>`` to the cluster (``command``: ``run`` or a stage)
+    with the package in ``--py-files`` and the config in ``--files``; returns (exit code,
+    stdout, stderr)."""
     from recsys_spark.core.config import SparkConfig
 
     command = [
@@ -216,7 +219,7 @@ def spark_submit(
         "--conf", "spark.databricks.delta.snapshotPartitions=2",
         "--py-files", str(py_files),
         "--files", str(config),
-        str(REPO / "jobs" / f"{job}.py"),
+        str(JOB_ENTRY), command,
         "--config", str(config),
     ]
     for override in overrides:

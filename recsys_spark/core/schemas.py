@@ -81,7 +81,25 @@ METRIC = "metric"
 K = "k"
 N_USERS = "n_users"
 
-EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
+# ---- event types ------------------------------------------------------------------
+# The one list of event types: the default of ingest.event_types and features.event_weights,
+# and what generate writes.
+VIEW_EVENT = "view"
+CLICK_EVENT = "click"
+CART_EVENT = "cart"
+PURCHASE_EVENT = "purchase"  # its value is the price
+RATING_EVENT = "rating"  # its value is the rating
+EVENT_TYPES = (VIEW_EVENT, CLICK_EVENT, CART_EVENT, PURCHASE_EVENT, RATING_EVENT)
+
+# ---- model names (evaluate.baselines, gold/metrics.model) ----------------------------
+POPULARITY_MODEL = "popularity"
+ALS_MODEL = "als"
+ITEM_KNN_MODEL = "item_knn"
+NEXT_ITEM_MODEL = "next_item"
+CONTENT_MODEL = "content"
+PIPELINE_MODEL = "lstm"  # the pipeline's own gold/recommendations
+BASELINE_MODELS = (POPULARITY_MODEL, ALS_MODEL, ITEM_KNN_MODEL, NEXT_ITEM_MODEL, CONTENT_MODEL)
+EVALUATED_MODELS = BASELINE_MODELS + (PIPELINE_MODEL,)
 
 # ---- schemas ----------------------------------------------------------------------
 # Raw columns are strings: bronze keeps what was received, typing happens in silver.

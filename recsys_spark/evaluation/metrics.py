@@ -17,6 +17,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core.config import SAMPLED_DISTRIBUTIONS
 from recsys_spark.core.schemas import (
     HISTORY_ITEMS,
     ITEM_ID,
@@ -298,7 +299,7 @@ def sampled_negatives(
     """
     if n < 1:
         raise ValueError(f"evaluate: sampled_negatives must be >= 1; got {n}")
-    if distribution not in ("uniform", "popularity"):
+    if distribution not in SAMPLED_DISTRIBUTIONS:
         raise ValueError(f"evaluate: unknown sampled distribution {distribution!r}")
     require_columns(targets, (USER_ID, HISTORY_ITEMS, TEST_ITEMS), "sampled targets")
     weight = F.lit(1) if distribution == "uniform" else F.col(N_INTERACTIONS) + 1

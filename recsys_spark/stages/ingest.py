@@ -39,6 +39,7 @@ from recsys_spark.core.schemas import (
     KIND,
     QUARANTINE,
     QUARANTINE_TABLE,
+    RATING_EVENT,
     RAW,
     RAW_EVENT_FIELDS,
     REASON,
@@ -117,7 +118,7 @@ def validate_events(raw_events: DataFrame, cfg: IngestConfig, now: datetime) -> 
         .when(ts > max_ts, F.lit("future_timestamp"))
         .when(ts < min_ts, F.lit("past_timestamp"))
         .when(~_blank(F.col(VALUE)) & (value.isNull() | F.isnan(value)), F.lit("invalid_value"))
-        .when((etype == "rating") & value.isNull(), F.lit("missing_rating_value"))
+        .when((etype == RATING_EVENT) & value.isNull(), F.lit("missing_rating_value"))
     )
     return raw_events.withColumn(REASON, reason).withColumn(TS, ts).withColumn("value_num", value)
 

@@ -25,12 +25,11 @@ from typing import Optional, Protocol
 
 from pyspark.sql import SparkSession
 
-BACKENDS = {
-    "local": "recsys_spark.trainers.local",
-    "horovod": "recsys_spark.trainers.horovod_spark",
-    "horovodrun": "recsys_spark.trainers.horovodrun",
-    "tf_distribute": "recsys_spark.trainers.tf_distribute",
-}
+from recsys_spark.core.config import TRAIN_BACKENDS
+
+# The module of each backend the config allows: its own name, but for horovod (horovod.spark.run).
+_MODULES = {"horovod": "horovod_spark"}
+BACKENDS = {name: f"recsys_spark.trainers.{_MODULES.get(name, name)}" for name in TRAIN_BACKENDS}
 
 
 class TrainingFailed(RuntimeError):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 # ---- column names -----------------------------------------------------------------
@@ -80,6 +81,7 @@ PROTOCOL = "protocol"
 METRIC = "metric"
 K = "k"
 N_USERS = "n_users"
+N_INTERACTIONS = "n_interactions"  # item popularity: how many users hold the item
 
 # ---- event types ------------------------------------------------------------------
 # The one list of event types: the default of ingest.event_types and features.event_weights,
@@ -275,6 +277,11 @@ CANDIDATES_TABLE = TableRef("gold", "candidates")
 RECOMMENDATIONS_TABLE = TableRef("gold", "recommendations")
 SIMILAR_ITEMS_TABLE = TableRef("gold", "similar_items")
 METRICS_TABLE = TableRef("gold", "metrics")
+
+
+def empty_items() -> Column:
+    """An empty array<string> (what a missing item list counts as)."""
+    return F.array().cast("array<string>")
 
 
 def require_columns(df: DataFrame, columns: "list[str] | tuple[str, ...]", where: str) -> None:

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from pyspark.sql import SparkSession
 
@@ -104,6 +104,25 @@ def worker_env(extra: Optional[dict] = None) -> dict:
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.update(extra or {})
     return env
+
+
+def write_job(job: TrainJob) -> str:
+    """Write ``job`` as ``<work_dir>/job.json`` for ranks started as processes; returns the path."""
+    os.makedirs(job.work_dir, exist_ok=True)
+    path = os.path.join(job.work_dir, "job.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(job.to_json())
+    return path
+
+
+def collect_ranks(launch: Callable[[], "list[dict]"], failure: str) -> "list[dict]":
+    """The rank results ``launch`` (a Spark job) returns, in rank order; when it fails,
+    ``TrainingFailed`` with ``failure`` and the Python error inside the Spark error."""
+    try:
+        results = launch()
+    except Exception as exc:
+        raise TrainingFailed(f"{failure} failed: {python_error(exc)}") from None
+    return sorted(results, key=lambda result: result["rank"])
 
 
 def rank_result_path(work_dir: str, rank: int) -> str:

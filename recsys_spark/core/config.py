@@ -16,6 +16,14 @@ from typing import Any, Optional
 
 import yaml
 
+from recsys_spark.core.schemas import (
+    BASELINE_MODELS,
+    CART_EVENT,
+    EVALUATED_MODELS,
+    EVENT_TYPES,
+    PURCHASE_EVENT,
+)
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # recsys_spark/
 CONF_DIR = PACKAGE_ROOT.parent / "conf"
 PACKAGE_DATA = PACKAGE_ROOT / "data"
@@ -29,6 +37,28 @@ class ConfigError(ValueError):
 def _check(cond: bool, key: str, reason: str) -> None:
     if not cond:
         raise ConfigError(f"config key '{key}': {reason}")
+
+
+def _check_choice(value: Any, choices: tuple, key: str, each: bool = False, note: str = "") -> None:
+    """``value`` (an entry of a list when ``each``) must be one of ``choices``: the message lists
+    them from the same tuple, then ``note``."""
+    subject = "every entry must" if each else "must"
+    _check(value in choices, key, f"{subject} be one of {', '.join(choices)}{note}; got {value!r}")
+
+
+# Allowed values of the keys that take one of a few names.
+LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+TABLE_MODES = ("path", "catalog")
+INPUT_FORMATS = ("auto", "events", "movielens")
+SPLITS = ("leave_one_out", "time_cut", "none")
+ENCODE_DEVICES = ("auto", "cpu", "cuda")
+TRAIN_BACKENDS = ("local", "horovod", "horovodrun", "tf_distribute")
+NEGATIVE_SAMPLING = ("popularity", "uniform")
+SEARCH_METHODS = ("auto", "ivf", "exact")
+RETRIEVE_QUERIES = ("auto", "interests", "lstm")
+SCORE_MODES = ("full", "incremental")
+EVALUATE_PROTOCOLS = ("full", "sampled")
+SAMPLED_DISTRIBUTIONS = ("uniform", "popularity")
 
 
 @dataclass(frozen=True)
@@ -48,11 +78,7 @@ class SparkConfig:
 
     def validate(self, key: str) -> None:
         _check(self.shuffle_partitions >= 1, f"{key}.shuffle_partitions", "must be >= 1")
-        _check(
-            self.log_level in ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
-            f"{key}.log_level",
-            f"unknown level {self.log_level!r}",
-        )
+        _check_choice(self.log_level, LOG_LEVELS, f"{key}.log_level")
 
 
 @dataclass(frozen=True)
@@ -64,7 +90,7 @@ class TablesConfig:
     schema: str = "recsys"
 
     def validate(self, key: str) -> None:
-        _check(self.mode in ("path", "catalog"), f"{key}.mode", "must be 'path' or 'catalog'")
+        _check_choice(self.mode, TABLE_MODES, f"{key}.mode")
 
 
 @dataclass(frozen=True)
@@ -74,11 +100,7 @@ class InputConfig:
     format: str = "auto"
 
     def validate(self, key: str) -> None:
-        _check(
-            self.format in ("auto", "events", "movielens"),
-            f"{key}.format",
-            f"must be one of auto, events, movielens; got {self.format!r}",
-        )
+        _check_choice(self.format, INPUT_FORMATS, f"{key}.format")
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,7 @@ class IngestConfig:
     max_future_seconds: int = 86400
     # Events before this date are quarantined as far-past (epoch-0 and similar defaults).
     min_timestamp: str = "1990-01-01"
-    event_types: tuple = ("view", "click", "cart", "purchase", "rating")
+    event_types: tuple = EVENT_TYPES
     max_field_chars: int = 10000
     # Incremental: remember which files were ingested (Structured Streaming checkpoint).
     incremental: bool = True
@@ -131,9 +153,9 @@ class FeaturesConfig:
     split: str = "leave_one_out"
     time_cut: Optional[str] = None
     tie_break_seed: int = 42
-    # Weight of one event per type; ratings are weighted by value (see rating_* keys).
+    # Weight of one event per type (1.0 unless named here); ratings are weighted by value (see rating_* keys).
     event_weights: dict = field(
-        default_factory=lambda: {"view": 1.0, "click": 1.0, "cart": 2.0, "purchase": 4.0, "rating": 1.0}
+        default_factory=lambda: {t: {CART_EVENT: 2.0, PURCHASE_EVENT: 4.0}.get(t, 1.0) for t in EVENT_TYPES}
     )
     # A rating r weighs rating_scale * max(r - rating_floor, rating_min_weight).
     rating_floor: float = 2.0
@@ -142,11 +164,7 @@ class FeaturesConfig:
 
     def validate(self, key: str) -> None:
         _check(self.max_sequence_length >= 3, f"{key}.max_sequence_length", "must be >= 3")
-        _check(
-            self.split in ("leave_one_out", "time_cut", "none"),
-            f"{key}.split",
-            "must be leave_one_out, time_cut or none (no hold-out: production scoring)",
-        )
+        _check_choice(self.split, SPLITS, f"{key}.split", note=" (none: no hold-out, production scoring)")
         if self.split == "time_cut":
             _check(self.time_cut is not None, f"{key}.time_cut", "required when split is time_cut")
         for name, weight in self.event_weights.items():
@@ -172,7 +190,7 @@ class EncodeConfig:
     def validate(self, key: str) -> None:
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
-        _check(self.device in ("auto", "cpu", "cuda"), f"{key}.device", "must be auto, cpu or cuda")
+        _check_choice(self.device, ENCODE_DEVICES, f"{key}.device")
         _check(self.max_text_chars >= 16, f"{key}.max_text_chars", "must be >= 16")
         _check(self.partitions >= 0, f"{key}.partitions", "must be >= 0")
 
@@ -217,20 +235,12 @@ class TrainConfig:
         _check(self.start_timeout_s >= 1, f"{key}.start_timeout_s", "must be >= 1")
         _check(self.early_stopping_patience >= 0, f"{key}.early_stopping_patience", "must be >= 0")
         _check(self.min_item_count >= 1, f"{key}.min_item_count", "must be >= 1")
-        _check(
-            self.backend in ("local", "horovod", "horovodrun", "tf_distribute"),
-            f"{key}.backend",
-            "must be one of local, horovod, horovodrun, tf_distribute",
-        )
+        _check_choice(self.backend, TRAIN_BACKENDS, f"{key}.backend")
         for name in ("num_workers", "epochs", "batch_size", "embedding_dim", "lstm_units", "max_len"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check(self.negatives >= 1, f"{key}.negatives", "must be >= 1")
         _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
-        _check(
-            self.negative_sampling in ("popularity", "uniform"),
-            f"{key}.negative_sampling",
-            "must be popularity or uniform",
-        )
+        _check_choice(self.negative_sampling, NEGATIVE_SAMPLING, f"{key}.negative_sampling")
 
 
 @dataclass(frozen=True)
@@ -250,8 +260,8 @@ class RetrieveConfig:
     seed: int = 17
 
     def validate(self, key: str) -> None:
-        _check(self.method in ("auto", "ivf", "exact"), f"{key}.method", "must be auto, ivf or exact")
-        _check(self.query in ("auto", "interests", "lstm"), f"{key}.query", "must be auto, interests or lstm")
+        _check_choice(self.method, SEARCH_METHODS, f"{key}.method")
+        _check_choice(self.query, RETRIEVE_QUERIES, f"{key}.query")
         for name in ("k", "candidates", "nprobe", "block_size", "similar_items_k", "kmeans_iterations"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check(self.candidates >= self.k, f"{key}.candidates", "must be >= retrieve.k")
@@ -267,7 +277,7 @@ class ScoreConfig:
     min_history: int = 2  # fewer events: cold-start recommendations
 
     def validate(self, key: str) -> None:
-        _check(self.mode in ("full", "incremental"), f"{key}.mode", "must be full or incremental")
+        _check_choice(self.mode, SCORE_MODES, f"{key}.mode")
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
         _check(self.min_history >= 0, f"{key}.min_history", "must be >= 0")
 
@@ -278,7 +288,7 @@ class EvaluateConfig:
     protocols: tuple = ("full",)  # full | sampled
     sampled_negatives: int = 100
     sampled_distribution: str = "popularity"
-    baselines: tuple = ("popularity", "als", "item_knn", "next_item", "content")
+    baselines: tuple = BASELINE_MODELS
     als_ranks: tuple = (32, 64)
     als_reg_params: tuple = (0.01, 0.1)
     als_alphas: tuple = (10.0,)
@@ -293,18 +303,13 @@ class EvaluateConfig:
         for k in self.ks:
             _check(isinstance(k, int) and k > 0, f"{key}.ks", f"every K must be an integer > 0; got {k!r}")
         for p in self.protocols:
-            _check(p in ("full", "sampled"), f"{key}.protocols", f"unknown protocol {p!r}")
-        known = ("popularity", "als", "item_knn", "next_item", "content", "lstm")
+            _check_choice(p, EVALUATE_PROTOCOLS, f"{key}.protocols", each=True)
         for b in self.baselines:
-            _check(b in known, f"{key}.baselines", f"unknown model {b!r}; known: {', '.join(known)}")
+            _check_choice(b, EVALUATED_MODELS, f"{key}.baselines", each=True)
         _check(self.sampled_negatives >= 1, f"{key}.sampled_negatives", "must be >= 1")
         for name in ("als_max_iter", "knn_neighbours", "sampled_depth"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _check(
-            self.sampled_distribution in ("uniform", "popularity"),
-            f"{key}.sampled_distribution",
-            "must be uniform or popularity",
-        )
+        _check_choice(self.sampled_distribution, SAMPLED_DISTRIBUTIONS, f"{key}.sampled_distribution")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ class StageContext:
 
 
 def new_run_id() -> str:
-    """A sortable, unique id: UTC time to the second plus 6 random hex digits."""
+    """A sortable, unique id: UTC time to the second plus 6 random hex digits.
+
+    Names runs and, the same way, model versions (the train stage)."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 # ---- column names -----------------------------------------------------------------
@@ -80,8 +81,27 @@ PROTOCOL = "protocol"
 METRIC = "metric"
 K = "k"
 N_USERS = "n_users"
+N_INTERACTIONS = "n_interactions"  # item popularity: how many users hold the item
 
-EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
+# ---- event types ------------------------------------------------------------------
+# The one list of event types: the default of ingest.event_types and features.event_weights,
+# and what generate writes.
+VIEW_EVENT = "view"
+CLICK_EVENT = "click"
+CART_EVENT = "cart"
+PURCHASE_EVENT = "purchase"  # its value is the price
+RATING_EVENT = "rating"  # its value is the rating
+EVENT_TYPES = (VIEW_EVENT, CLICK_EVENT, CART_EVENT, PURCHASE_EVENT, RATING_EVENT)
+
+# ---- model names (evaluate.baselines, gold/metrics.model) ----------------------------
+POPULARITY_MODEL = "popularity"
+ALS_MODEL = "als"
+ITEM_KNN_MODEL = "item_knn"
+NEXT_ITEM_MODEL = "next_item"
+CONTENT_MODEL = "content"
+PIPELINE_MODEL = "lstm"  # the pipeline's own gold/recommendations
+BASELINE_MODELS = (POPULARITY_MODEL, ALS_MODEL, ITEM_KNN_MODEL, NEXT_ITEM_MODEL, CONTENT_MODEL)
+EVALUATED_MODELS = BASELINE_MODELS + (PIPELINE_MODEL,)
 
 # ---- schemas ----------------------------------------------------------------------
 # Raw columns are strings: bronze keeps what was received, typing happens in silver.
@@ -257,6 +277,11 @@ CANDIDATES_TABLE = TableRef("gold", "candidates")
 RECOMMENDATIONS_TABLE = TableRef("gold", "recommendations")
 SIMILAR_ITEMS_TABLE = TableRef("gold", "similar_items")
 METRICS_TABLE = TableRef("gold", "metrics")
+
+
+def empty_items() -> Column:
+    """An empty array<string> (what a missing item list counts as)."""
+    return F.array().cast("array<string>")
 
 
 def require_columns(df: DataFrame, columns: "list[str] | tuple[str, ...]", where: str) -> None:

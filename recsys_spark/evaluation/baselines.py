@@ -17,16 +17,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import metrics
-from recsys_spark.core.schemas import ITEM_ID, ITEMS, QUERY_ID, RANK, SCORE, USER_ID, VECTOR, WEIGHTS, require_columns
+from recsys_spark.models import popularity as popular
+from recsys_spark.models.popularity import item_counts
+from recsys_spark.core.schemas import ITEM_ID, ITEMS, N_INTERACTIONS, QUERY_ID, RANK, SCORE, USER_ID, VECTOR, WEIGHTS, empty_items, require_columns
 
 log = logging.getLogger(__name__)
-
-N_INTERACTIONS = "n_interactions"
-
-
-def empty_items() -> Column:
-    """An empty array<string> (what a missing item list counts as)."""
-    return F.array().cast("array<string>")
 
 
 def _top_k(scored: DataFrame, k: int, order: Iterable[Column]) -> DataFrame:
@@ -45,40 +40,11 @@ def _unseen(scored: DataFrame, queries: DataFrame) -> DataFrame:
     return scored.join(seen, USER_ID).where(~F.array_contains("_seen", F.col(ITEM_ID))).drop("_seen")
 
 
-def _max_seen(queries: DataFrame) -> int:
-    """The longest seen list: how far past k a shared ranking must reach so every user keeps k."""
-    return int(queries.agg(F.coalesce(F.max(F.size(ITEMS)), F.lit(0))).first()[0])
-
-
-def item_counts(histories: DataFrame) -> DataFrame:
-    """(user_id, items) -> (item_id, n_interactions): how many users hold each item."""
-    require_columns(histories, (USER_ID, ITEMS), "baseline histories")
-    return (
-        histories.select(USER_ID, F.explode(F.array_distinct(ITEMS)).alias(ITEM_ID))
-        .groupBy(ITEM_ID)
-        .agg(F.count(F.lit(1)).cast("long").alias(N_INTERACTIONS))
-    )
-
-
 def popularity(histories: DataFrame, queries: DataFrame, k: int) -> DataFrame:
-    """The most popular items (most users; ties by item id) the user has not seen.
-
-    Only the top ``k + longest seen list`` items can reach anyone's top k, so that short list is
-    built once (a top-N, not a sort of the catalog) and joined to every user as an array.
-    """
+    """The most popular items (most users; ties by item id) the user has not seen
+    (``recsys_spark.models.popularity.top_unseen``)."""
     require_columns(queries, (USER_ID, ITEMS), "popularity queries")
-    depth = k + _max_seen(queries)
-    top = (
-        item_counts(histories)
-        .orderBy(F.col(N_INTERACTIONS).desc(), F.col(ITEM_ID))
-        .limit(depth)
-        .agg(F.array_sort(F.collect_list(F.struct((-F.col(N_INTERACTIONS)).alias("c"), F.col(ITEM_ID).alias("i")))).alias("_top"))
-        .select(F.transform("_top", lambda s: s["i"]).alias("_top"))
-    )
-    picks = queries.crossJoin(F.broadcast(top)).select(
-        USER_ID, F.posexplode(F.slice(F.array_except("_top", F.coalesce(ITEMS, empty_items())), 1, k)).alias("_pos", ITEM_ID)
-    )
-    return picks.select(USER_ID, ITEM_ID, (F.col("_pos") + 1).cast("int").alias(RANK))
+    return popular.top_unseen(item_counts(histories), queries, k).select(USER_ID, ITEM_ID, RANK)
 
 
 @dataclass(frozen=True)
@@ -127,7 +93,7 @@ def als(histories: DataFrame, queries: DataFrame, k: int, params: AlsParams) -> 
         coldStartStrategy="drop",
     ).fit(indexed)
     query_ids = users.transform(queries.select(USER_ID)).select(F.col("_u").cast("int").alias("_u"))
-    depth = k + _max_seen(queries)
+    depth = k + popular.longest(queries)
     recommended = model.recommendForUserSubset(query_ids, depth).select(
         "_u", F.posexplode("recommendations").alias("_pos", "_rec")
     )

@@ -17,11 +17,14 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core.config import SAMPLED_DISTRIBUTIONS
+from recsys_spark.models import popularity as popular
 from recsys_spark.core.schemas import (
     HISTORY_ITEMS,
     ITEM_ID,
     K,
     METRIC,
+    N_INTERACTIONS,
     N_USERS,
     PROTOCOL,
     RANK,
@@ -41,7 +44,6 @@ N_SEEN = "n_seen"  # predicted items already in the user's history (removed: ful
 HAS_PREDICTIONS = "has_predictions"
 TARGET_RANK = "target_rank"  # sampled protocol: 1-based rank of the held-out item among the negatives
 NEGATIVES = "negatives"
-N_INTERACTIONS = "n_interactions"
 SELF_INFORMATION = "self_information"
 POP_PERCENTILE = "pop_percentile"
 
@@ -197,18 +199,7 @@ def item_popularity(histories: DataFrame, catalog: DataFrame) -> DataFrame:
     require_columns(histories, (USER_ID, HISTORY_ITEMS), "item popularity histories")
     require_columns(catalog, (ITEM_ID,), "item popularity catalog")
     n_users = histories.agg(F.countDistinct(USER_ID).alias("_u"))
-    counts = (
-        histories.select(USER_ID, F.explode(F.array_distinct(HISTORY_ITEMS)).alias(ITEM_ID))
-        .groupBy(ITEM_ID)
-        .agg(F.count(F.lit(1)).alias(N_INTERACTIONS))
-    )
-    items = (
-        catalog.select(ITEM_ID)
-        .unionByName(counts.select(ITEM_ID))
-        .distinct()
-        .join(counts, ITEM_ID, "left")
-        .select(ITEM_ID, F.coalesce(N_INTERACTIONS, F.lit(0)).cast("long").alias(N_INTERACTIONS))
-    )
+    items = popular.item_counts(histories, HISTORY_ITEMS, catalog)
     by_count = items.groupBy(N_INTERACTIONS).agg(F.count(F.lit(1)).alias("_same"))
     total = by_count.agg(F.sum("_same").alias("_items"))
     below = F.sum("_same").over(Window.orderBy(N_INTERACTIONS).rowsBetween(Window.unboundedPreceding, -1))
@@ -298,7 +289,7 @@ def sampled_negatives(
     """
     if n < 1:
         raise ValueError(f"evaluate: sampled_negatives must be >= 1; got {n}")
-    if distribution not in ("uniform", "popularity"):
+    if distribution not in SAMPLED_DISTRIBUTIONS:
         raise ValueError(f"evaluate: unknown sampled distribution {distribution!r}")
     require_columns(targets, (USER_ID, HISTORY_ITEMS, TEST_ITEMS), "sampled targets")
     weight = F.lit(1) if distribution == "uniform" else F.col(N_INTERACTIONS) + 1

@@ -21,6 +21,7 @@ from recsys_spark.core.schemas import (
     EVENT_TYPE,
     GENRES,
     ITEM_ID,
+    RATING_EVENT,
     RAW,
     RAW_EVENT_FIELDS,
     RAW_ITEM_FIELDS,
@@ -211,7 +212,7 @@ def read_movielens_events(spark: SparkSession, layout: MovieLensLayout) -> DataF
         {
             USER_ID: F.trim(F.col("u")),
             ITEM_ID: F.trim(F.col("i")),
-            EVENT_TYPE: F.when(F.col(PARSE_ERROR).isNull(), F.lit("rating")),
+            EVENT_TYPE: F.when(F.col(PARSE_ERROR).isNull(), F.lit(RATING_EVENT)),
             TIMESTAMP: F.trim(F.col("t")),
             VALUE: F.trim(F.col("r")),
         },

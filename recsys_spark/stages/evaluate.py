@@ -24,10 +24,13 @@ from recsys_spark.evaluation import baselines, metrics
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.schemas import (
     ACTIVE,
+    ALS_MODEL,
+    CONTENT_MODEL,
     HISTORY_ITEMS,
     HISTORY_WEIGHTS,
     ITEM_EMBEDDINGS_TABLE,
     ITEM_ID,
+    ITEM_KNN_MODEL,
     ITEMS,
     K,
     METRIC,
@@ -35,6 +38,9 @@ from recsys_spark.core.schemas import (
     METRICS_TABLE,
     RUN_ID,
     N_USERS,
+    NEXT_ITEM_MODEL,
+    PIPELINE_MODEL,
+    POPULARITY_MODEL,
     PROTOCOL,
     RANK,
     RECOMMENDATIONS_TABLE,
@@ -59,7 +65,6 @@ log = logging.getLogger(__name__)
 FULL = "full"
 UNTIED = "_untied"
 HISTOGRAM_BINS = 10
-PIPELINE_MODEL = "lstm"
 
 
 def test_targets(sequences: DataFrame) -> DataFrame:
@@ -242,10 +247,10 @@ def run(ctx: StageContext) -> dict:
     histories = fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS)
     queries = targets.select(USER_ID, F.col(HISTORY_ITEMS).alias(ITEMS))
     producers: dict[str, Callable[[], DataFrame]] = {
-        "popularity": lambda: baselines.popularity(histories, queries, depth),
-        "item_knn": lambda: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
-        "next_item": lambda: baselines.next_item(histories, queries, depth),
-        "content": lambda: _content_predictions(ctx, queries, depth),
+        POPULARITY_MODEL: lambda: baselines.popularity(histories, queries, depth),
+        ITEM_KNN_MODEL: lambda: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
+        NEXT_ITEM_MODEL: lambda: baselines.next_item(histories, queries, depth),
+        CONTENT_MODEL: lambda: _content_predictions(ctx, queries, depth),
     }
     models = [m for m in cfg.baselines if m != PIPELINE_MODEL]
     skipped: dict[str, str] = {}
@@ -260,7 +265,7 @@ def run(ctx: StageContext) -> dict:
     seconds: dict[str, float] = {}
     als_details: dict = {}
     for position, model in enumerate(models, 1):
-        if model == "content":
+        if model == CONTENT_MODEL:
             reason = _content_unavailable(ctx)
             if reason:
                 skipped[model] = reason
@@ -268,7 +273,7 @@ def run(ctx: StageContext) -> dict:
                 continue
         ctx.progress(f"evaluate: model {model} ({position}/{len(models)})")
         model_started = time.perf_counter()
-        if model == "als":
+        if model == ALS_MODEL:
             predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
         elif model == PIPELINE_MODEL:
             predictions = pipeline_predictions(ctx.lake)
@@ -280,7 +285,7 @@ def run(ctx: StageContext) -> dict:
         recommended = frame.select(F.explode(F.slice(metrics.RECS, 1, report_k)).alias(ITEM_ID))
         histograms[model] = _histogram(metrics.popularity_histogram(recommended, popularity, HISTOGRAM_BINS))
         frame.unpersist()
-        if model == "als":
+        if model == ALS_MODEL:
             predictions.unpersist()
         rows += model_rows
         seconds[model] = round(time.perf_counter() - model_started, 2)

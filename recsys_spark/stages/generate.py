@@ -37,7 +37,10 @@ from recsys_spark.core.schemas import (
     DESCRIPTION,
     EVENT_ID,
     EVENT_TYPE,
+    EVENT_TYPES,
     ITEM_ID,
+    PURCHASE_EVENT,
+    RATING_EVENT,
     SESSION_ID,
     TAGS,
     TIMESTAMP,
@@ -67,7 +70,7 @@ MAX_PREFERRED_TOPICS = 3
 ISO_TIMESTAMP_SHARE = 0.7  # the rest are epoch seconds
 TAGS_AS_ARRAY_SHARE = 0.7  # the rest are one comma-separated string
 
-EVENT_KINDS = ("view", "click", "cart", "purchase", "rating")
+# Good lines carry the event types of core.schemas.EVENT_TYPES, with these chances (in its order).
 EVENT_KIND_PROBABILITIES = (0.62, 0.2, 0.07, 0.04, 0.07)
 
 BAD_EVENT_KINDS = (
@@ -378,14 +381,14 @@ def event_rows(plan: GenerationPlan, p: int, cdfs: list[np.ndarray]) -> pd.DataF
         rank = np.minimum(np.searchsorted(cdfs[t], rng.random(len(rows))), len(cdfs[t]) - 1)
         item_of_row[rows] = rank * plan.topics + t
 
-    kind = rng.choice(len(EVENT_KINDS), n, p=EVENT_KIND_PROBABILITIES).astype(np.int32)
+    kind = rng.choice(len(EVENT_TYPES), n, p=EVENT_KIND_PROBABILITIES).astype(np.int32)
     # Ratings follow the topic preference, so they carry signal too.
     liked = preferred[session_of_row]
     rating = np.where(liked, rng.integers(7, 11, n), rng.integers(1, 7, n)) / 2.0
     value = np.where(
-        kind == EVENT_KINDS.index("rating"),
+        kind == EVENT_TYPES.index(RATING_EVENT),
         rating,
-        np.where(kind == EVENT_KINDS.index("purchase"), item_price(item_of_row), np.nan),
+        np.where(kind == EVENT_TYPES.index(PURCHASE_EVENT), item_price(item_of_row), np.nan),
     )
     seconds = _timestamps(rng, counts, user_of_row, new_session)
     rows = pd.DataFrame(
@@ -459,7 +462,7 @@ def event_lines(rows: DataFrame, seed: int) -> DataFrame:
         return F.concat(F.lit('"'), text, F.lit('"'))
 
     event_type = F.when(is_bad("unknown_event_type"), pick(UNKNOWN_EVENT_TYPES, F.col("variant"))).otherwise(
-        pick(EVENT_KINDS, F.col("kind"))
+        pick(EVENT_TYPES, F.col("kind"))
     )
     timestamp = (
         F.when(is_bad("bad_timestamp"), quoted(pick(UNPARSABLE_TIMESTAMPS, F.col("variant"))))

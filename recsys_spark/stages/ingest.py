@@ -16,7 +16,7 @@ import hmac
 import logging
 import os
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -39,6 +39,7 @@ from recsys_spark.core.schemas import (
     KIND,
     QUARANTINE,
     QUARANTINE_TABLE,
+    RATING_EVENT,
     RAW,
     RAW_EVENT_FIELDS,
     REASON,
@@ -117,7 +118,7 @@ def validate_events(raw_events: DataFrame, cfg: IngestConfig, now: datetime) -> 
         .when(ts > max_ts, F.lit("future_timestamp"))
         .when(ts < min_ts, F.lit("past_timestamp"))
         .when(~_blank(F.col(VALUE)) & (value.isNull() | F.isnan(value)), F.lit("invalid_value"))
-        .when((etype == "rating") & value.isNull(), F.lit("missing_rating_value"))
+        .when((etype == RATING_EVENT) & value.isNull(), F.lit("missing_rating_value"))
     )
     return raw_events.withColumn(REASON, reason).withColumn(TS, ts).withColumn("value_num", value)
 
@@ -398,6 +399,26 @@ def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict
     }
 
 
+def _ingest_new(
+    ctx: StageContext,
+    layout: Optional[sources.MovieLensLayout],
+    new_files: list[sources.InputFile],
+    files: list[sources.InputFile],
+    readers: tuple[Callable, Callable],
+    ingest: Callable[[StageContext, DataFrame, datetime], dict],
+    now: datetime,
+    nothing: dict,
+) -> dict:
+    """Ingest one kind of input (events or items) when it has ``new_files``: read with the
+    MovieLens reader of ``readers`` for a ``layout``, else with the generic reader over ``files``.
+    Returns ``ingest``'s counts, or ``nothing`` when there is no new file or nothing to read."""
+    if not new_files:
+        return nothing
+    read_movielens, read_files = readers
+    raw = read_movielens(ctx.spark, layout) if layout is not None else read_files(ctx.spark, files)
+    return nothing if raw is None else ingest(ctx, raw, now)
+
+
 def run(ctx: StageContext) -> dict:
     """The ingest stage. Summary: rows_in, rows_good, rows_quarantined, rows_duplicate,
     quarantine_reasons, files_new, items_* counts and the table versions."""
@@ -426,27 +447,14 @@ def run(ctx: StageContext) -> dict:
     summary["files_new"] = len(new_events) + len(new_catalog)
     summary["files_skipped"] = len(events_in) + len(catalog_in) - summary["files_new"]
 
-    counts = {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
-    if new_events:
-        if layout is not None:
-            raw_events = sources.read_movielens_events(ctx.spark, layout)
-        else:
-            raw_events = sources.read_event_files(ctx.spark, new_events)
-        if raw_events is not None:
-            counts = ingest_events(ctx, raw_events, now)
-    summary.update(counts)
-
-    item_counts = {"items_in": 0, "items_quarantined": 0}
-    if new_catalog:
-        # The whole catalog is re-read when any of its files changed (tags span files); the
-        # MERGE updates only items whose content_hash changed.
-        if layout is not None:
-            raw_items = sources.read_movielens_items(ctx.spark, layout)
-        else:
-            raw_items = sources.read_item_files(ctx.spark, catalog_in)
-        if raw_items is not None:
-            item_counts = ingest_items(ctx, raw_items, now)
-    summary.update(item_counts)
+    no_events = {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
+    event_readers = (sources.read_movielens_events, sources.read_event_files)
+    summary.update(_ingest_new(ctx, layout, new_events, new_events, event_readers, ingest_events, now, no_events))
+    # The whole catalog is re-read when any of its files changed (tags span files); the
+    # MERGE updates only items whose content_hash changed.
+    item_readers = (sources.read_movielens_items, sources.read_item_files)
+    no_items = {"items_in": 0, "items_quarantined": 0}
+    summary.update(_ingest_new(ctx, layout, new_catalog, catalog_in, item_readers, ingest_items, now, no_items))
 
     if not ctx.lake.exists(SILVER_ITEMS_TABLE):
         # Logs without a catalog: items are known by id only, so later stages still have a table.

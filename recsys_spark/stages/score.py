@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark.core.context import StageContext
+from recsys_spark.models import popularity
 from recsys_spark.models.sequence import cached_ranker, latest_model_dir
 from recsys_spark.core.schemas import (
     CANDIDATES_TABLE,
@@ -41,6 +42,7 @@ from recsys_spark.core.schemas import (
     ITEM_EMBEDDINGS_TABLE,
     ITEM_ID,
     MODEL_VERSION,
+    N_INTERACTIONS,
     RANK,
     REASON,
     RECOMMENDATIONS,
@@ -115,21 +117,6 @@ def by_retrieval(candidates: DataFrame, k: int) -> DataFrame:
     return candidates.where(F.col(RANK) <= k).select(USER_ID, ITEM_ID, F.col(RETRIEVAL_SCORE).cast("float").alias(SCORE))
 
 
-def popular_items(sequences: DataFrame, catalog: DataFrame, limit: int) -> DataFrame:
-    """The ``limit`` items in most users' histories: ``(item_id, _popularity, _order)``.
-
-    Catalog items (``item_id``) nobody has seen yet rank after them with popularity 0, so a
-    small or new catalog still fills every list."""
-    counts = sequences.select(USER_ID, F.explode(F.array_distinct(HISTORY_ITEMS)).alias(ITEM_ID)).groupBy(ITEM_ID).count()
-    counts = counts.join(catalog.select(ITEM_ID).distinct(), ITEM_ID, "full").fillna(0, ["count"])
-    top = counts.orderBy(F.desc("count"), ITEM_ID).limit(limit)
-    return top.select(
-        ITEM_ID,
-        F.col("count").alias(POPULARITY),
-        F.row_number().over(Window.orderBy(F.desc("count"), ITEM_ID)).alias(_ORDER),
-    )
-
-
 def fill_with_popular(
     scored: DataFrame, users: DataFrame, all_sequences: DataFrame, catalog: DataFrame, k: int
 ) -> DataFrame:
@@ -138,20 +125,15 @@ def fill_with_popular(
 
     ``scored`` ``(user_id, item_id, score)`` comes first in its own order; returns
     ``(user_id, rank, item_id, score, _popularity)`` with ``_popularity`` null on scored rows.
+    Catalog items (``item_id``) nobody has seen yet rank after the seen ones with popularity 0,
+    so a small or new catalog still fills every list.
     """
     n_users = max(1, all_sequences.count())
-    longest = users.select(F.max(F.size(HISTORY_ITEMS))).first()[0] or 0
-    # k + the longest history guarantees k unseen popular items for every user (catalog allowing).
-    popular = popular_items(all_sequences, catalog, k + longest)
-    seen = users.select(USER_ID, F.explode(HISTORY_ITEMS).alias(ITEM_ID))
-    fallback = (
-        users.select(USER_ID)
-        .crossJoin(popular)
-        .join(seen, [USER_ID, ITEM_ID], "left_anti")
-        .select(
-            USER_ID, ITEM_ID, (F.col(POPULARITY) / F.lit(n_users)).cast("float").alias(SCORE),
-            F.col(POPULARITY), (F.col(_ORDER) + F.lit(1_000_000)).alias(_ORDER),
-        )
+    # The k most popular unseen items: k rows fill a list whatever the scored rows hold.
+    counts = popularity.item_counts(all_sequences, HISTORY_ITEMS, catalog)
+    fallback = popularity.top_unseen(counts, users, k, HISTORY_ITEMS).select(
+        USER_ID, ITEM_ID, (F.col(N_INTERACTIONS) / F.lit(n_users)).cast("float").alias(SCORE),
+        F.col(N_INTERACTIONS).alias(POPULARITY), (F.col(RANK) + F.lit(1_000_000)).alias(_ORDER),
     )
     first = scored.select(
         USER_ID, ITEM_ID, F.col(SCORE).cast("float"), F.lit(None).cast("long").alias(POPULARITY),

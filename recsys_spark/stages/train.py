@@ -39,7 +39,7 @@ from recsys_spark.models.sequence import (
     VOCABULARY_DIR,
     ModelSpec,
 )
-from recsys_spark.core.context import StageContext
+from recsys_spark.core.context import StageContext, new_run_id
 from recsys_spark.core.schemas import (
     EXAMPLE_HISTORY,
     EXAMPLE_TARGET,
@@ -178,10 +178,6 @@ def write_shards(examples: DataFrame, path: str, shards: int, seed: int) -> "lis
 
 
 # ---- artifacts -------------------------------------------------------------------------
-def new_version() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
 def move_latest(models_dir: str, version: str) -> None:
     """Point ``<models_dir>/latest`` at ``version`` atomically (write aside, then rename)."""
     pointer = os.path.join(models_dir, LATEST_FILE)
@@ -235,7 +231,7 @@ def run(ctx: StageContext) -> dict:
     require_columns(sequences, [USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS], "train: gold/user_sequences")
     sequences = sequences.select(USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS).cache()
     models_dir = ctx.cfg.models_dir
-    version = new_version()
+    version = new_run_id()  # a model version is named like a run: sortable and unique
     staging = os.path.join(models_dir, f".staging-{version}")
     model_dir = os.path.join(staging, "model")
     try:

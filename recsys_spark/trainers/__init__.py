@@ -21,16 +21,15 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from pyspark.sql import SparkSession
 
-BACKENDS = {
-    "local": "recsys_spark.trainers.local",
-    "horovod": "recsys_spark.trainers.horovod_spark",
-    "horovodrun": "recsys_spark.trainers.horovodrun",
-    "tf_distribute": "recsys_spark.trainers.tf_distribute",
-}
+from recsys_spark.core.config import TRAIN_BACKENDS
+
+# The module of each backend the config allows: its own name, but for horovod (horovod.spark.run).
+_MODULES = {"horovod": "horovod_spark"}
+BACKENDS = {name: f"recsys_spark.trainers.{_MODULES.get(name, name)}" for name in TRAIN_BACKENDS}
 
 
 class TrainingFailed(RuntimeError):
@@ -105,6 +104,25 @@ def worker_env(extra: Optional[dict] = None) -> dict:
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.update(extra or {})
     return env
+
+
+def write_job(job: TrainJob) -> str:
+    """Write ``job`` as ``<work_dir>/job.json`` for ranks started as processes; returns the path."""
+    os.makedirs(job.work_dir, exist_ok=True)
+    path = os.path.join(job.work_dir, "job.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(job.to_json())
+    return path
+
+
+def collect_ranks(launch: Callable[[], "list[dict]"], failure: str) -> "list[dict]":
+    """The rank results ``launch`` (a Spark job) returns, in rank order; when it fails,
+    ``TrainingFailed`` with ``failure`` and the Python error inside the Spark error."""
+    try:
+        results = launch()
+    except Exception as exc:
+        raise TrainingFailed(f"{failure} failed: {python_error(exc)}") from None
+    return sorted(results, key=lambda result: result["rank"])
 
 
 def rank_result_path(work_dir: str, rank: int) -> str:

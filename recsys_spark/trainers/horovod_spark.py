@@ -9,7 +9,7 @@ import logging
 
 from pyspark.sql import SparkSession
 
-from recsys_spark.trainers import TrainingFailed, TrainJob, python_error, worker_env
+from recsys_spark.trainers import TrainingFailed, TrainJob, collect_ranks, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +34,17 @@ class HorovodSparkTrainer:
                 "use train.backend=local or tf_distribute where Horovod is not installed"
             ) from None
         log.info("horovod.spark.run: %d workers", job.world_size)
-        try:
-            results = horovod.spark.run(
+        return collect_ranks(
+            lambda: horovod.spark.run(
                 run_rank,
                 args=(job.to_json(),),
                 num_proc=job.world_size,
                 start_timeout=job.start_timeout_s,
                 env=worker_env(),
                 use_gloo=True,
-            )
-        except Exception as exc:
-            raise TrainingFailed(
-                f"horovod.spark.run with {job.world_size} workers failed: {python_error(exc)}"
-            ) from None
-        return sorted(results, key=lambda result: result["rank"])
+            ),
+            f"horovod.spark.run with {job.world_size} workers",
+        )
 
 
 TRAINER = HorovodSparkTrainer()

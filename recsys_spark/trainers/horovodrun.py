@@ -10,7 +10,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from recsys_spark.trainers import TrainingFailed, TrainJob, read_rank_results, worker_env
+from recsys_spark.trainers import TrainingFailed, TrainJob, read_rank_results, worker_env, write_job
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,7 @@ class HorovodRunTrainer:
     name = "horovodrun"
 
     def fit(self, job: TrainJob, spark: SparkSession) -> "list[dict]":
-        os.makedirs(job.work_dir, exist_ok=True)
-        job_path = os.path.join(job.work_dir, "job.json")
-        with open(job_path, "w", encoding="utf-8") as handle:
-            handle.write(job.to_json())
-        command = horovodrun_command(job, job_path)
+        command = horovodrun_command(job, write_job(job))
         log.info("launching: %s", " ".join(command))
         proc = subprocess.run(command, env=worker_env(), capture_output=True, text=True)
         if proc.returncode != 0:

@@ -13,7 +13,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from recsys_spark.trainers import TrainingFailed, TrainJob, python_error, rank_result_path, worker_env
+from recsys_spark.trainers import TrainJob, collect_ranks, rank_result_path, worker_env, write_job
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +73,19 @@ class TfDistributeTrainer:
     name = "tf_distribute"
 
     def fit(self, job: TrainJob, spark: SparkSession) -> "list[dict]":
-        os.makedirs(job.work_dir, exist_ok=True)
-        job_path = os.path.join(job.work_dir, "job.json")
-        with open(job_path, "w", encoding="utf-8") as handle:
-            handle.write(job.to_json())
+        job_path = write_job(job)
         sc = spark.sparkContext
         log.info("MultiWorkerMirroredStrategy in %d Spark barrier tasks", job.world_size)
-        try:
-            results = (
-                sc.parallelize(range(job.world_size), job.world_size)
-                .barrier()
-                .mapPartitions(
-                    barrier_task(
-                        job_path,
-                        [rank_result_path(job.work_dir, rank) for rank in range(job.world_size)],
-                        os.environ.get("PYSPARK_PYTHON", sys.executable),
-                        worker_env()["PYTHONPATH"],
-                    )
-                )
-                .collect()
-            )
-        except Exception as exc:
-            raise TrainingFailed(
-                f"tf_distribute with {job.world_size} barrier tasks failed: {python_error(exc)}"
-            ) from None
-        return sorted(results, key=lambda result: result["rank"])
+        task = barrier_task(
+            job_path,
+            [rank_result_path(job.work_dir, rank) for rank in range(job.world_size)],
+            os.environ.get("PYSPARK_PYTHON", sys.executable),
+            worker_env()["PYTHONPATH"],
+        )
+        return collect_ranks(
+            lambda: sc.parallelize(range(job.world_size), job.world_size).barrier().mapPartitions(task).collect(),
+            f"tf_distribute with {job.world_size} barrier tasks",
+        )
 
 
 TRAINER = TfDistributeTrainer()

@@ -12,6 +12,7 @@ import pytest
 
 from recsys_spark.stages import generate, ingest
 from recsys_spark.core.config import ConfigError, GenerateConfig, load_config
+from recsys_spark.core.schemas import EVENT_TYPES
 
 SMALL = (
     "generate.users=60",
@@ -44,7 +45,7 @@ def classify(record: dict | None) -> str:
         return "missing_user_id"
     if "item_id" not in record:
         return "missing_item_id"
-    if record["event_type"] not in generate.EVENT_KINDS:
+    if record["event_type"] not in EVENT_TYPES:
         return "unknown_event_type"
     ts = record["timestamp"]
     if isinstance(ts, str):
@@ -163,7 +164,7 @@ def test_users_prefer_few_topics_and_popularity_is_skewed(make_ctx):
     top_tenth = sum(n for _, n in item_counts.most_common(5))
     assert top_tenth / len(records) > 0.3  # uniform would give 0.1
     kinds = Counter(r["event_type"] for r in records)
-    assert set(kinds) == set(generate.EVENT_KINDS)
+    assert set(kinds) == set(EVENT_TYPES)
     assert all(("value" in r) == (r["event_type"] in ("rating", "purchase")) for r in records)
 
 

@@ -1,4 +1,4 @@
-"""Cosine top-K side by side: numpy exact / IVF, Spark exact / IVF (recsys_spark.search.ann), Spark MLlib
+"""Cosine top-K side by side: numpy exact / IVF, Spark exact / IVF (recsys_spark.search.index), Spark MLlib
 BucketedRandomProjectionLSH, in one process on one synthetic data set.
 
     python bench/bench_ann.py --items 100000 --queries 20000 --dim 384 --scale 10000,100000,1000000
@@ -35,14 +35,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recsys_spark.search.ann import (  # noqa: E402
-    exact_search,
-    ivf_search,
-    normalize_rows,
-    numpy_exact_search,
-    numpy_centroids,
-    numpy_ivf_search,
-)
+from recsys_spark.search.index import ExactIndex, IVFIndex  # noqa: E402
+from recsys_spark.search.kernels import normalize_rows, numpy_exact_search, numpy_ivf_search  # noqa: E402
+from recsys_spark.search.kmeans import numpy_centroids  # noqa: E402
 from recsys_spark.core.schemas import ITEM_ID, QUERY_ID, RANK, VECTOR  # noqa: E402
 
 log = logging.getLogger("bench_ann")
@@ -100,6 +95,21 @@ def naive_exact(queries: np.ndarray, items: np.ndarray, k: int, block_size: int)
     return out
 
 
+def numpy_ivf(queries: np.ndarray, items: np.ndarray, k: int, nlist: int, nprobe: int, seed: int):
+    """numpy IVF with its k-means training (on a sample), as timed against Spark IVF."""
+    return numpy_ivf_search(queries, items, k, nprobe, numpy_centroids(items, nlist, 10, seed))
+
+
+def ivf_search(queries, items, k: int, nlist: int, nprobe: int, seed: int, block_size: int):
+    """Spark IVF from scratch: fit the index (encode, k-means on a sample) and search it."""
+    return IVFIndex.fit(items, nlist, seed=seed, block_size=block_size).search(queries, k, nprobe=nprobe)
+
+
+def exact_search(queries, items, k: int, block_size: int):
+    """Spark exact search from scratch: fit (encode) the index and search it."""
+    return ExactIndex.fit(items, block_size=block_size).search(queries, k)
+
+
 def cells_spanned(queries: np.ndarray, items: np.ndarray, truth: np.ndarray, nlist: int, seed: int) -> float:
     """Mean number of distinct IVF cells holding a query's true top-10 (1 = one clean cluster)."""
     centroids = numpy_centroids(items, nlist, 10, seed)
@@ -113,7 +123,7 @@ def pick_nprobe(queries, items, truth, k, nlist, target, seed) -> tuple[int, flo
     centroids = numpy_centroids(items, nlist, 10, seed)
     nprobe = 4
     while True:
-        index, _ = numpy_ivf_search(queries, items, k, nlist, nprobe, centroids=centroids)
+        index, _ = numpy_ivf_search(queries, items, k, nprobe, centroids)
         r = recall(index, truth)
         if r >= target or nprobe >= nlist:
             return nprobe, r
@@ -245,7 +255,7 @@ def main() -> None:
     log.info("choosing nprobe")
     nprobe, _ = pick_nprobe(queries[:1000], items, truth[:1000], k, nlist, args.target, args.seed)
     log.info("numpy ivf nprobe=%d", nprobe)
-    ivf_runs = [timed(numpy_ivf_search, queries, items, k, nlist, nprobe, seed=args.seed) for _ in range(args.repeat)]
+    ivf_runs = [timed(numpy_ivf, queries, items, k, nlist, nprobe, args.seed) for _ in range(args.repeat)]
     (ivf_index, _), t_ivf = ivf_runs[0][0], min(t for _, t in ivf_runs)
     report["numpy_ivf"] = {
         "seconds": round(t_ivf, 2), "runs": [round(t, 2) for _, t in ivf_runs], "nprobe": nprobe,
@@ -322,7 +332,7 @@ def main() -> None:
         g_nlist = max(1, round(math.sqrt(n)))
         (g_truth, _), g_exact = timed(numpy_exact_search, g_queries, g_items, k, bs)
         g_nprobe, _ = pick_nprobe(g_queries[:500], g_items, g_truth[:500], k, g_nlist, args.target, args.seed)
-        (g_ivf, _), g_t_ivf = timed(numpy_ivf_search, g_queries, g_items, k, g_nlist, g_nprobe, seed=args.seed)
+        (g_ivf, _), g_t_ivf = timed(numpy_ivf, g_queries, g_items, k, g_nlist, g_nprobe, args.seed)
         g_items_path = write_parquet(workdir / f"items_{n}.parquet", ITEM_ID, g_items, "i")
         g_queries_path = write_parquet(workdir / f"queries_{n}.parquet", QUERY_ID, g_queries, "q")
         del g_items

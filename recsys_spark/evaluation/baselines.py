@@ -222,10 +222,11 @@ def content(
     """Content only: the items whose text vector is nearest (cosine) to the user's interest vector.
 
     Reads ``user_vectors`` (user_id, vector), ``item_vectors`` (item_id, vector; L2-normalised)
-    and ``queries`` (user_id, items); exact search from ``recsys_spark.search.ann`` with the seen items
-    excluded. Query users without a vector get no predictions.
+    and ``queries`` (user_id, items); exact search through an
+    :class:`~recsys_spark.search.index.ExactIndex` of the items, with the seen items excluded.
+    Query users without a vector get no predictions; items without one usable vector are an error.
     """
-    from recsys_spark.search.ann import exact_search
+    from recsys_spark.search.index import ExactIndex
 
     require_columns(user_vectors, (USER_ID, VECTOR), "content user vectors")
     require_columns(item_vectors, (ITEM_ID, VECTOR), "content item vectors")
@@ -233,7 +234,7 @@ def content(
         F.col(USER_ID).alias(QUERY_ID), VECTOR
     )
     exclude = queries.select(F.col(USER_ID).alias(QUERY_ID), F.explode(F.array_distinct(ITEMS)).alias(ITEM_ID))
-    found = exact_search(query_vectors, item_vectors.select(ITEM_ID, VECTOR), k, exclude, block_size=block_size)
+    found = ExactIndex.fit(item_vectors, block_size=block_size).search(query_vectors, k, exclude)
     return found.select(F.col(QUERY_ID).alias(USER_ID), ITEM_ID, F.col(RANK).cast("int").alias(RANK))
 
 

@@ -123,9 +123,9 @@ def _content_unavailable(ctx: StageContext) -> Optional[str]:
     if missing:
         return f"table(s) {', '.join(missing)} missing: run the encode and interests stages"
     try:
-        import recsys_spark.search.ann  # noqa: F401 - only whether the retrieval module is installed
+        import recsys_spark.search.index  # noqa: F401 - only whether the retrieval module is installed
     except ModuleNotFoundError:
-        return "recsys_spark.search.ann (exact search) is not available"
+        return "recsys_spark.search.index (exact search) is not available"
     return None
 
 

@@ -6,33 +6,27 @@ gold/user_sequences (``history_items``: never retrieved again for that user).
 Writes gold/candidates (``retrieve.candidates`` rows per user, CANDIDATES schema) and
 gold/similar_items (``retrieve.similar_items_k`` text-vector neighbours per item), one Delta
 commit each. The search is exact up to ``retrieve.exact_max_items`` items and IVF above (or as
-``retrieve.method`` says); every run measures the IVF recall against exact search on a random
-sample of ``retrieve.recall_sample`` users.
+``retrieve.method`` says); each item set is encoded once and searched through one index
+(:mod:`recsys_spark.search.index`). An IVF index is saved under ``<warehouse>/indexes/<name>``
+with what it was built from (the item_embeddings table version, or the model version for the
+LSTM item vectors, and nlist / iterations / seed) and reused by later runs while that is
+unchanged. Every run measures the IVF recall against exact search on a random sample of
+``retrieve.recall_sample`` users.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
 import zlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark.search.ann import (
-    VectorCounts,
-    clean_vectors,
-    exact_search,
-    ivf_search,
-    recall_vs_exact,
-    train_centroids,
-)
 from recsys_spark.core.context import StageContext
-from recsys_spark.models.sequence import cached_ranker, latest_model_dir
 from recsys_spark.core.schemas import (
     ACTIVE,
     CANDIDATES,
@@ -55,10 +49,12 @@ from recsys_spark.core.schemas import (
     USER_VECTORS_TABLE,
     VECTOR,
 )
+from recsys_spark.models.sequence import cached_ranker, latest_model_dir
+from recsys_spark.search.index import ExactIndex, IVFIndex, read_manifest
+from recsys_spark.search.spark import recall_vs_exact
+from recsys_spark.search.vectors import EncodedVectors
 
 log = logging.getLogger(__name__)
-
-Search = Callable[..., DataFrame]
 
 
 def lstm_user_states(sequences: DataFrame, model_dir: str) -> DataFrame:
@@ -81,28 +77,87 @@ def lstm_item_vectors(spark, model_dir: str) -> DataFrame:
     return spark.createDataFrame(frame, f"{ITEM_ID} string, {VECTOR} array<float>")
 
 
-def make_search(
-    ctx: StageContext, items: DataFrame, counts: VectorCounts, what: str
-) -> tuple[str, Search, dict]:
-    """Choose exact or IVF for ``items`` and return ``(method, search(queries, k, exclude), index info)``.
+Index = Union[ExactIndex, IVFIndex]
+TEXT_INDEX = "item_embeddings"  # <warehouse>/indexes/<name>: the text item vectors
+LSTM_INDEX = "lstm_items"  # the trained model's item vectors
 
-    An IVF index's centroids are trained once here and shared by every search over ``items``.
+
+def index_path(ctx: StageContext, name: str) -> str:
+    """``<warehouse>/indexes/<name>``: where retrieve keeps its IVF indexes (both table modes)."""
+    return f"{ctx.cfg.warehouse.rstrip('/')}/indexes/{name}"
+
+
+def _nlist(ctx: StageContext, n_items: int) -> int:
+    return min(ctx.cfg.retrieve.nlist or max(1, round(math.sqrt(n_items))), n_items)
+
+
+def _ivf_params(ctx: StageContext, n_items: int) -> dict:
+    """What an IVF index over ``n_items`` items is trained with (compared with a saved one's)."""
+    rc = ctx.cfg.retrieve
+    return {"nlist": _nlist(ctx, n_items), "iterations": rc.kmeans_iterations, "seed": rc.seed}
+
+
+def _method(ctx: StageContext, n_items: int) -> str:
+    rc = ctx.cfg.retrieve
+    if rc.method == "auto":
+        return "exact" if n_items <= rc.exact_max_items else "ivf"
+    return rc.method
+
+
+def _saved_index(ctx: StageContext, path: str, source: dict) -> Optional[IVFIndex]:
+    """The IVF index at ``path`` when it was built from ``source`` with today's settings (an
+    unreadable one is logged and trained again)."""
+    rc = ctx.cfg.retrieve
+    if rc.method == "exact":
+        return None
+    try:
+        manifest = read_manifest(path)
+        usable = manifest["counts"].get("usable", 0)
+        params = {key: manifest["params"].get(key) for key in ("nlist", "iterations", "seed")}
+        if manifest["kind"] != "ivf" or manifest["source"] != source or not usable or _method(ctx, usable) != "ivf":
+            return None
+        if params != _ivf_params(ctx, usable):
+            return None
+        return IVFIndex.load(ctx.spark, path, nprobe=rc.nprobe, block_size=rc.block_size)
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        log.warning("retrieve: %s; training a new index", error)
+        return None
+
+
+def _ivf_info(how: str, index: IVFIndex, nprobe: int) -> dict:
+    return {"index": how, "index_path": index.path, "nlist": index.nlist, "nprobe": min(nprobe, index.nlist)}
+
+
+def item_index(
+    ctx: StageContext, name: str, source: dict, items: Callable[[], DataFrame], what: str, empty_hint: str
+) -> tuple[str, Index, dict]:
+    """``(method, index, info)`` over the item vectors ``items()`` (``item_id, vector``) built from
+    ``source``: exact or IVF by ``retrieve.method``. A saved IVF index of the same source and
+    settings is loaded (``items()`` is then never read); otherwise the items are encoded once and,
+    for IVF, an index is trained and saved under ``<warehouse>/indexes/<name>``. Items without
+    one usable vector are an error naming ``what`` and ``empty_hint``.
     """
     rc = ctx.cfg.retrieve
-    n_items = counts.usable
-    method = rc.method
-    if method == "auto":
-        method = "exact" if n_items <= rc.exact_max_items else "ivf"
+    path = index_path(ctx, name)
+    saved = _saved_index(ctx, path, source)
+    if saved is not None:
+        ctx.progress(f"retrieve: reusing the IVF index of {what} at {path}")
+        return "ivf", saved, _ivf_info("reused", saved, rc.nprobe)
+    vectors = ExactIndex.encode_items(items())
+    if vectors.counts.usable == 0:
+        raise ValueError(f"retrieve: {what} has no usable item vectors ({vectors.counts.to_dict()}); {empty_hint}")
+    method = _method(ctx, vectors.counts.usable)
     if method == "exact":
-        return method, functools.partial(exact_search, items=items, block_size=rc.block_size), {}
-    nlist = min(rc.nlist or max(1, round(math.sqrt(n_items))), n_items)
-    ctx.progress(f"retrieve: training IVF index on {what} ({nlist} lists)")
-    centroids = train_centroids(items, nlist, rc.kmeans_iterations, rc.seed, n_items=n_items, dim=counts.dim)
-    search = functools.partial(
-        ivf_search, items=items, nlist=nlist, nprobe=rc.nprobe, seed=rc.seed,
-        iterations=rc.kmeans_iterations, block_size=rc.block_size, centroids=centroids,
+        return method, ExactIndex.from_vectors(vectors, rc.block_size), {"index": "built", "index_path": None}
+    params = _ivf_params(ctx, vectors.counts.usable)
+    ctx.progress(f"retrieve: training the IVF index of {what} ({params['nlist']} lists)")
+    index = IVFIndex.from_vectors(
+        vectors, params["nlist"], params["iterations"], params["seed"], nprobe=rc.nprobe, block_size=rc.block_size
     )
-    return method, search, {"nlist": nlist, "nprobe": min(rc.nprobe, nlist)}
+    index.save(path, source)
+    return method, index, _ivf_info("trained", index, rc.nprobe)
 
 
 def candidates_frame(results: DataFrame, method: str, run_id: str) -> DataFrame:
@@ -133,75 +188,80 @@ def seen_pairs(sequences: DataFrame) -> DataFrame:
 
 
 def measure_recall(
-    ctx: StageContext, queries: DataFrame, items: DataFrame, exclude: DataFrame, candidates: DataFrame
+    ctx: StageContext, queries: EncodedVectors, index: Index, exclude: DataFrame, candidates: DataFrame
 ) -> Optional[float]:
     """Recall@``retrieve.k`` of ``candidates`` against exact search on a random sample of users.
 
-    The sample changes every run (seeded by the run id), so the figure monitors the index over time.
+    The sample of the encoded ``queries`` is searched exactly over the ``index``'s own encoded
+    items (nothing is encoded again). It changes every run (seeded by the run id), so the figure
+    monitors the index over time.
     """
     rc = ctx.cfg.retrieve
     if rc.recall_sample == 0:
         return None
     seed = rc.seed + zlib.crc32(ctx.run_id.encode("utf-8"))
-    sample = queries.orderBy(F.rand(seed)).limit(rc.recall_sample).cache()
+    sample = queries.random_sample(rc.recall_sample, seed)
     try:
-        ids = sample.select(QUERY_ID)
-        truth = exact_search(sample, items, rc.k, exclude=exclude.join(ids, QUERY_ID), block_size=rc.block_size)
+        ids = sample.frame.select(QUERY_ID)
+        exact = ExactIndex.from_vectors(index.vectors, rc.block_size)
+        truth = exact.search(sample, rc.k, exclude=exclude.join(ids, QUERY_ID))
         found = candidates.select(F.col(USER_ID).alias(QUERY_ID), ITEM_ID, RANK).join(ids, QUERY_ID)
         return recall_vs_exact(found, truth, rc.k)
     finally:
-        sample.unpersist()
+        sample.frame.unpersist()
 
 
 def run(ctx: StageContext) -> dict:
-    """Write gold/candidates and gold/similar_items; return counts, timings and recall."""
+    """Write gold/candidates and gold/similar_items; return counts, timings, recall and indexes."""
     rc = ctx.cfg.retrieve
     lake = ctx.lake
     sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS)
-    embeddings = lake.read(ITEM_EMBEDDINGS_TABLE).where(F.coalesce(F.col(ACTIVE), F.lit(True)))
-    text_items, text_counts = clean_vectors(embeddings.select(ITEM_ID, VECTOR), ITEM_ID)
-    if text_counts.usable == 0:
-        raise ValueError(
-            f"retrieve: {ITEM_EMBEDDINGS_TABLE} has no usable item vectors ({text_counts.to_dict()}); run encode first"
-        )
+    text_version = lake.version(ITEM_EMBEDDINGS_TABLE)
+
+    def text_vectors() -> DataFrame:
+        embeddings = lake.read(ITEM_EMBEDDINGS_TABLE, version=text_version)
+        return embeddings.where(F.coalesce(F.col(ACTIVE), F.lit(True))).select(ITEM_ID, VECTOR)
+
+    text_source = {"table": str(ITEM_EMBEDDINGS_TABLE), "table_version": text_version, "rows": "active"}
+    text_method, text_index, text_info = item_index(
+        ctx, TEXT_INDEX, text_source, text_vectors, str(ITEM_EMBEDDINGS_TABLE), "run encode first"
+    )
 
     model_dir = latest_model_dir(ctx.cfg.models_dir) if rc.query in ("lstm", "auto") else None
     if rc.query == "lstm" and model_dir is None:
         raise ValueError(f"retrieve.query=lstm but no trained model in {ctx.cfg.models_dir}: run train first")
     if model_dir is not None:
-        query_source = f"lstm:{cached_ranker(model_dir).version}"
+        version = cached_ranker(model_dir).version
+        query_source = f"lstm:{version}"
         raw_queries = lstm_user_states(sequences, model_dir)
-        items, item_counts = clean_vectors(lstm_item_vectors(ctx.spark, model_dir), ITEM_ID)
+        method, index, index_info = item_index(
+            ctx, LSTM_INDEX, {"model_version": version}, lambda: lstm_item_vectors(ctx.spark, model_dir),
+            f"the item vectors of model {version}", "retrain the model",
+        )
     else:
         query_source = "interests"
         raw_queries = lake.read(USER_VECTORS_TABLE).select(F.col(USER_ID).alias(QUERY_ID), VECTOR)
-        items, item_counts = text_items, text_counts
-    queries, query_counts = clean_vectors(raw_queries, QUERY_ID, item_counts.dim)
-    queries = queries.cache()
-    try:
-        exclude = seen_pairs(sequences)
-        method, search, index_info = make_search(ctx, items, item_counts, "user->item")
-        ctx.progress(f"retrieve: {method} search, {query_counts.usable} users x {item_counts.usable} items")
-        started = time.perf_counter()
-        lake.replace(candidates_frame(search(queries, k=rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE)
-        seconds = time.perf_counter() - started
-        candidates = lake.read(CANDIDATES_TABLE)
-        n_candidates = candidates.count()
-        recall = 1.0 if method == "exact" else measure_recall(ctx, queries, items, exclude, candidates)
-    finally:
-        queries.unpersist()
+        method, index, index_info = text_method, text_index, text_info
+    queries = index.encode_queries(raw_queries)
+    exclude = seen_pairs(sequences)
+    ctx.progress(f"retrieve: {method} search, {queries.counts.usable} users x {index.size} items")
+    started = time.perf_counter()
+    lake.replace(candidates_frame(index.search(queries, rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE)
+    seconds = time.perf_counter() - started
+    candidates = lake.read(CANDIDATES_TABLE)
+    n_candidates = candidates.count()
+    recall = 1.0 if method == "exact" else measure_recall(ctx, queries, index, exclude, candidates)
 
     ctx.progress("retrieve: item -> item neighbours")
-    item_method, item_search, _ = (
-        (method, search, index_info) if items is text_items else make_search(ctx, text_items, text_counts, "item->item")
-    )
-    item_queries = text_items.select(F.col(ITEM_ID).alias(QUERY_ID), VECTOR)
-    self_pairs = text_items.select(F.col(ITEM_ID).alias(QUERY_ID), ITEM_ID)
-    lake.replace(similar_items_frame(item_search(item_queries, k=rc.similar_items_k, exclude=self_pairs)), SIMILAR_ITEMS_TABLE)
+    item_queries = text_index.vectors.as_queries()
+    self_pairs = text_index.vectors.frame.select(F.col(ITEM_ID).alias(QUERY_ID), F.col(ITEM_ID).alias(ITEM_ID))
+    lake.replace(similar_items_frame(text_index.search(item_queries, rc.similar_items_k, exclude=self_pairs)), SIMILAR_ITEMS_TABLE)
 
     if recall is not None and recall < rc.recall_target:
         log.warning("retrieve: recall@%d vs exact %.3f is below retrieve.recall_target %.3f: raise retrieve.nprobe",
                     rc.k, recall, rc.recall_target)
+    query_counts, item_counts, text_counts = queries.counts, index.counts, text_index.counts
+    separate = index is not text_index
     return {
         "method": method,
         "query_source": query_source,
@@ -216,9 +276,10 @@ def run(ctx: StageContext) -> dict:
         "recall_at_k_vs_exact": None if recall is None else round(recall, 4),
         "recall_target": rc.recall_target,
         "recall_sample": min(rc.recall_sample, query_counts.usable),
-        "skipped_bad_vectors": query_counts.skipped + item_counts.skipped
-        + (text_counts.skipped if items is not text_items else 0),
+        "skipped_bad_vectors": query_counts.skipped + item_counts.skipped + (text_counts.skipped if separate else 0),
         "bad_vectors": {"queries": query_counts.to_dict(), "items": item_counts.to_dict(), "text_items": text_counts.to_dict()},
-        "similar_items_method": item_method,
+        "similar_items_method": text_method,
+        "similar_items_index": text_info["index"],
+        "similar_items_index_path": text_info["index_path"],
         "similar_items_k": rc.similar_items_k,
     }

@@ -167,13 +167,15 @@ def most_similar_history_item(recs: DataFrame, sequences: DataFrame, embeddings:
 
 
 def _nearest_history(rows: pd.DataFrame) -> pd.DataFrame:
+    from recsys_spark.search.kernels import nearest_cells  # the search's nearest-vector kernel
+
     out_user, out_rank, out_item = [], [], []
     for user, group in rows.groupby(USER_ID, sort=False):
         is_target = group[RANK].notna().to_numpy()
         if not is_target.any() or is_target.all():
             continue
         vectors = np.vstack(group[VECTOR].to_numpy()).astype(np.float32)
-        nearest = np.argmax(vectors[is_target] @ vectors[~is_target].T, axis=1)
+        nearest = nearest_cells(vectors[is_target], vectors[~is_target])
         history_ids = group[ITEM_ID].to_numpy()[~is_target]
         out_user.extend([user] * int(is_target.sum()))
         out_rank.extend(group[RANK].to_numpy()[is_target].astype(int).tolist())

@@ -6,8 +6,11 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+import os
+
 from recsys_spark.stages import retrieve
-from recsys_spark.search.ann import normalize_rows
+from recsys_spark.search.index import IVFIndex, read_manifest
+from recsys_spark.search.kernels import normalize_rows
 from recsys_spark.core.schemas import (
     CANDIDATES_TABLE,
     HISTORY_ITEMS,
@@ -60,6 +63,7 @@ def test_exact_candidates_exclude_history_and_similar_items_exclude_self(make_ct
     histories = write_inputs(ctx)
     summary = retrieve.run(ctx)
     assert summary["method"] == "exact"
+    assert summary["index"] == "built" and summary["index_path"] is None  # exact: not persisted
     assert summary["recall_at_k_vs_exact"] == 1.0
     assert (summary["queries"], summary["items"], summary["candidates"]) == (24, 60, 24 * 20)
     rows = ctx.lake.read(CANDIDATES_TABLE).collect()
@@ -85,6 +89,8 @@ def test_ivf_reports_recall_against_exact(make_ctx):
     histories = write_inputs(ctx, seed=1)
     summary = retrieve.run(ctx)
     assert summary["method"] == "ivf" and summary["nlist"] == 6 and summary["nprobe"] == 6
+    assert summary["index"] == "trained" and summary["index_path"] == retrieve.index_path(ctx, retrieve.TEXT_INDEX)
+    assert os.path.isfile(os.path.join(summary["index_path"], "manifest.json"))
     assert summary["recall_sample"] == 10
     assert summary["recall_at_k_vs_exact"] == 1.0
     assert summary["queries_per_s"] > 0
@@ -114,3 +120,51 @@ def test_empty_catalog_and_missing_model_are_clear_errors(make_ctx):
     empty.lake.replace(empty.spark.createDataFrame([], ITEM_EMBEDDINGS), ITEM_EMBEDDINGS_TABLE)
     with pytest.raises(ValueError, match="no usable item vectors"):
         retrieve.run(empty)
+
+
+def _tables(ctx) -> tuple[list, list]:
+    candidates = sorted((r[USER_ID], r[RANK], r[ITEM_ID], r["retrieval_score"]) for r in ctx.lake.read(CANDIDATES_TABLE).collect())
+    similar = sorted((r[ITEM_ID], r[RANK], r[NEIGHBOUR_ID], r["cosine"]) for r in ctx.lake.read(SIMILAR_ITEMS_TABLE).collect())
+    return candidates, similar
+
+
+def _same(first: list, second: list) -> None:
+    assert [row[:3] for row in first] == [row[:3] for row in second]
+    assert [row[3] for row in first] == pytest.approx([row[3] for row in second], abs=1e-6)
+
+
+def test_ivf_index_is_reused_while_the_items_are_unchanged_and_retrained_when_they_change(make_ctx, monkeypatch):
+    settings = ("retrieve.method=ivf", "retrieve.nlist=6", "retrieve.nprobe=2", "retrieve.k=5",
+                "retrieve.candidates=10", "retrieve.recall_sample=10", "retrieve.query=interests")
+    trained = []
+    fit = IVFIndex.from_vectors.__func__
+
+    def counting_fit(cls, *args, **kwargs):
+        trained.append(args[1:2])
+        return fit(cls, *args, **kwargs)
+
+    monkeypatch.setattr(IVFIndex, "from_vectors", classmethod(counting_fit))
+    ctx = make_ctx(*settings)
+    write_inputs(ctx, seed=2)
+    first = retrieve.run(ctx)
+    assert first["index"] == "trained" and first["similar_items_index"] == "trained" and len(trained) == 1
+    path = first["index_path"]
+    version = read_manifest(path)["source"]["table_version"]
+    assert version == ctx.lake.version(ITEM_EMBEDDINGS_TABLE)
+    first_tables = _tables(ctx)
+
+    second = retrieve.run(make_ctx(*settings))  # unchanged items: loaded, not trained
+    assert second["index"] == "reused" and second["index_path"] == path and len(trained) == 1
+    assert (second["nlist"], second["items"], second["bad_vectors"]) == (first["nlist"], first["items"], first["bad_vectors"])
+    assert second["recall_at_k_vs_exact"] == first["recall_at_k_vs_exact"]
+    _same(first_tables[0], _tables(ctx)[0])
+    _same(first_tables[1], _tables(ctx)[1])
+
+    changed = make_ctx(*settings, "retrieve.kmeans_iterations=3")  # other settings: trained again
+    assert retrieve.run(changed)["index"] == "trained" and len(trained) == 2
+
+    write_inputs(ctx, seed=3)  # new item vectors (a new table version): trained again
+    third = retrieve.run(make_ctx(*settings))
+    assert third["index"] == "trained" and len(trained) == 3
+    assert read_manifest(path)["source"]["table_version"] == ctx.lake.version(ITEM_EMBEDDINGS_TABLE) > version
+    assert _tables(ctx)[0] != first_tables[0]

@@ -122,10 +122,11 @@ def _content_unavailable(ctx: StageContext) -> Optional[str]:
     missing = [str(t) for t in (USER_VECTORS_TABLE, ITEM_EMBEDDINGS_TABLE) if not ctx.lake.exists(t)]
     if missing:
         return f"table(s) {', '.join(missing)} missing: run the encode and interests stages"
-    try:
-        import recsys_spark.search.index  # noqa: F401 - only whether the retrieval module is installed
-    except ModuleNotFoundError:
-        return "recsys_spark.search.index (exact search) is not available"
+    items = ctx.lake.read(ITEM_EMBEDDINGS_TABLE)
+    if ACTIVE in items.columns:
+        items = items.where(F.coalesce(ACTIVE, F.lit(True)))
+    if items.where(F.size(VECTOR) > 0).limit(1).count() == 0:
+        return f"{ITEM_EMBEDDINGS_TABLE} holds no active item vector: run the encode stage on a catalog with text"
     return None
 
 

@@ -32,10 +32,10 @@ from recsys_spark.search.ann import (
     train_centroids,
 )
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.models.sequence import cached_ranker, latest_model_dir
 from recsys_spark.core.schemas import (
     ACTIVE,
-    CANDIDATES,
     CANDIDATES_TABLE,
     COSINE,
     HISTORY_ITEMS,
@@ -47,7 +47,6 @@ from recsys_spark.core.schemas import (
     RETRIEVAL_SCORE,
     RUN_ID,
     SCORE,
-    SIMILAR_ITEMS,
     SIMILAR_ITEMS_TABLE,
     SOURCE_KIND,
     USER_ID,
@@ -106,25 +105,25 @@ def make_search(
 
 
 def candidates_frame(results: DataFrame, method: str, run_id: str) -> DataFrame:
-    """Search results ``(query_id, item_id, rank, score)`` as CANDIDATES rows."""
+    """Search results ``(query_id, item_id, rank, score)`` as CANDIDATES rows (typed by the write)."""
     return results.select(
         F.col(QUERY_ID).alias(USER_ID),
         F.col(ITEM_ID),
-        F.col(RANK).cast("int"),
-        F.col(SCORE).cast("float").alias(RETRIEVAL_SCORE),
+        F.col(RANK),
+        F.col(SCORE).alias(RETRIEVAL_SCORE),
         F.lit(method).alias(SOURCE_KIND),
         F.lit(run_id).alias(RUN_ID),
-    ).to(CANDIDATES)
+    )
 
 
 def similar_items_frame(results: DataFrame) -> DataFrame:
-    """Item-to-item search results as SIMILAR_ITEMS rows."""
+    """Item-to-item search results as SIMILAR_ITEMS rows (typed by the write)."""
     return results.select(
         F.col(QUERY_ID).alias(ITEM_ID),
-        F.col(RANK).cast("int"),
+        F.col(RANK),
         F.col(ITEM_ID).alias(NEIGHBOUR_ID),
-        F.col(SCORE).cast("float").alias(COSINE),
-    ).to(SIMILAR_ITEMS)
+        F.col(SCORE).alias(COSINE),
+    )
 
 
 def seen_pairs(sequences: DataFrame) -> DataFrame:
@@ -183,9 +182,11 @@ def run(ctx: StageContext) -> dict:
         method, search, index_info = make_search(ctx, items, item_counts, "user->item")
         ctx.progress(f"retrieve: {method} search, {query_counts.usable} users x {item_counts.usable} items")
         started = time.perf_counter()
-        lake.replace(candidates_frame(search(queries, k=rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE)
+        candidates_written = lake.replace(
+            candidates_frame(search(queries, k=rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE
+        )
         seconds = time.perf_counter() - started
-        candidates = lake.read(CANDIDATES_TABLE)
+        candidates = lake.read(CANDIDATES_TABLE, version=candidates_written.version)
         n_candidates = candidates.count()
         recall = 1.0 if method == "exact" else measure_recall(ctx, queries, items, exclude, candidates)
     finally:
@@ -197,7 +198,9 @@ def run(ctx: StageContext) -> dict:
     )
     item_queries = text_items.select(F.col(ITEM_ID).alias(QUERY_ID), VECTOR)
     self_pairs = text_items.select(F.col(ITEM_ID).alias(QUERY_ID), ITEM_ID)
-    lake.replace(similar_items_frame(item_search(item_queries, k=rc.similar_items_k, exclude=self_pairs)), SIMILAR_ITEMS_TABLE)
+    similar_written = lake.replace(
+        similar_items_frame(item_search(item_queries, k=rc.similar_items_k, exclude=self_pairs)), SIMILAR_ITEMS_TABLE
+    )
 
     if recall is not None and recall < rc.recall_target:
         log.warning("retrieve: recall@%d vs exact %.3f is below retrieve.recall_target %.3f: raise retrieve.nprobe",
@@ -221,4 +224,5 @@ def run(ctx: StageContext) -> dict:
         "bad_vectors": {"queries": query_counts.to_dict(), "items": item_counts.to_dict(), "text_items": text_counts.to_dict()},
         "similar_items_method": item_method,
         "similar_items_k": rc.similar_items_k,
+        "tables": table_versions(candidates_written, similar_written),
     }

@@ -12,10 +12,15 @@ from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_function  # noqa: 
 
 
 def run_stage(ctx: StageContext, name: str) -> dict:
-    """Run one stage and return its summary, with ``stage``, ``run_id`` and ``seconds`` added."""
+    """Run one stage and return its summary, with ``stage``, ``run_id`` and ``seconds`` added.
+
+    Every stage's summary holds its counts and ``tables``: ``{"<layer>/<name>": version}`` of
+    the tables it writes, at the version it left them."""
     started = time.perf_counter()
     ctx.progress(f"stage {name}: started")
     summary = stage_function(name)(ctx)
+    if not isinstance(summary.get("tables"), dict):
+        raise TypeError(f"stage {name!r} returned a summary without a 'tables' dict: {sorted(summary)}")
     seconds = round(time.perf_counter() - started, 2)
     ctx.progress(f"stage {name}: done in {seconds}s")
     result = {"stage": name, "run_id": ctx.run_id, **summary, "seconds": seconds}

@@ -1,25 +1,102 @@
-"""Table I/O: where each Delta table lives and the few ways stages write to it.
+"""Table I/O: where each Delta table lives, the few ways stages write to it, and its history.
 
 Path mode lays tables out as ``<warehouse>/<layer>/<table>``; catalog mode (Databricks / Unity
 Catalog) names them ``<catalog>.<schema>.<layer>_<table>``. Every write is one Delta commit:
 ``replace`` swaps a whole table atomically (readers see the old or the new version, and the old
-one stays in the history for time travel), ``merge`` upserts on a key.
+one stays in the history for time travel), ``replace_where`` swaps the rows matching a condition,
+``append`` adds rows, ``merge`` upserts on a key.
+
+Every write first conforms the frame to the table's schema (``TableRef.schema``: columns in
+schema order, cast to its types; a missing column is an error naming the table and the column)
+and returns a ``WriteResult``: the new version, the commit's operation and its
+``operationMetrics``. An optional ``metadata`` dict becomes the commit's ``userMetadata`` (JSON),
+readable again through ``history``.
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Optional, Sequence
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterator, Mapping, Optional, Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 from recsys_spark.core.config import Config
-from recsys_spark.core.schemas import TableRef
+from recsys_spark.core.schemas import TableRef, conform
 
 log = logging.getLogger(__name__)
 
+# Delta reads a commit's userMetadata from this session conf (a MERGE has no writer options).
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+# The conf is session-wide: writes that set it take turns, so one write's metadata never lands
+# on another's commit made from this process.
+_METADATA_LOCK = threading.RLock()
+
+
+def _int_metrics(raw: Optional[Mapping[str, str]]) -> dict[str, int]:
+    """``operationMetrics`` (a map of strings) as ints; values that are not integers are left out."""
+    out = {}
+    for key, value in (raw or {}).items():
+        try:
+            out[key] = int(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One entry of a table's Delta history."""
+
+    version: int
+    timestamp: datetime
+    operation: str
+    operationMetrics: dict[str, int] = field(default_factory=dict)
+    userMetadata: Optional[str] = None
+
+    @property
+    def metadata(self) -> Optional[dict]:
+        """``userMetadata`` as a dict when it holds a JSON object (as ``metadata=`` writes it), else None."""
+        try:
+            value = json.loads(self.userMetadata or "")
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did: the table's version after it, the commit's operation and metrics.
+
+    A MERGE that changes nothing writes no commit: then ``committed`` is False, ``version`` is the
+    unchanged current version, ``operation`` is None and ``metrics`` is empty (never the metrics of
+    an older commit)."""
+
+    table: TableRef
+    version: int
+    operation: Optional[str] = None
+    metrics: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def committed(self) -> bool:
+        return self.operation is not None
+
+    def metric(self, name: str) -> int:
+        """One operation metric (e.g. ``numTargetRowsInserted``, ``numOutputRows``); 0 when absent."""
+        return self.metrics.get(name, 0)
+
+
+def table_versions(*results: WriteResult) -> dict[str, int]:
+    """``{"<layer>/<name>": version}`` of the given writes: a stage summary's ``tables``."""
+    return {str(r.table): r.version for r in results}
+
 
 class Lakehouse:
-    """The Delta tables of one config: ``read``, ``replace``, ``merge``, ``version``, ``exists``."""
+    """The Delta tables of one config: ``read``, ``version``, ``exists``, ``history`` and the
+    writes ``replace``, ``replace_where``, ``append``, ``merge``, ``delete_where``."""
 
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark = spark
@@ -30,11 +107,14 @@ class Lakehouse:
     def catalog_mode(self) -> bool:
         return self.cfg.tables.mode == "catalog"
 
+    def _schema_name(self) -> str:
+        prefix = f"{self.cfg.tables.catalog}." if self.cfg.tables.catalog else ""
+        return f"{prefix}{self.cfg.tables.schema}"
+
     def location(self, table: TableRef) -> str:
         """The path (path mode) or the qualified name (catalog mode) of ``table``."""
         if self.catalog_mode:
-            prefix = f"{self.cfg.tables.catalog}." if self.cfg.tables.catalog else ""
-            return f"{prefix}{self.cfg.tables.schema}.{table.layer}_{table.name}"
+            return f"{self._schema_name()}.{table.layer}_{table.name}"
         return f"{self.cfg.warehouse.rstrip('/')}/{table.layer}/{table.name}"
 
     def raw_path(self, name: str) -> str:
@@ -58,12 +138,15 @@ class Lakehouse:
 
         return DeltaTable.isDeltaTable(self.spark, self.location(table))
 
-    def read(self, table: TableRef, version: Optional[int] = None) -> DataFrame:
-        """The table (at ``version`` when given). A missing table is a clear error naming it."""
+    def _require(self, table: TableRef) -> None:
         if not self.exists(table):
             raise FileNotFoundError(
                 f"table {table} not found at {self.location(table)}: run the stage that writes it first"
             )
+
+    def read(self, table: TableRef, version: Optional[int] = None) -> DataFrame:
+        """The table (at ``version`` when given). A missing table is a clear error naming it."""
+        self._require(table)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
@@ -77,44 +160,56 @@ class Lakehouse:
             return None
         return int(self._delta_table(table).history(1).select("version").first()[0])
 
+    def history(self, table: TableRef, limit: int = 1) -> list[Commit]:
+        """The newest ``limit`` commits of ``table``, newest first (a missing table is an error)."""
+        if limit < 1:
+            raise ValueError(f"history of table {table}: limit must be at least 1, got {limit}")
+        self._require(table)
+        rows = (
+            self._delta_table(table)
+            .history(limit)
+            .select("version", "timestamp", "operation", "operationMetrics", "userMetadata")
+            .collect()
+        )
+        commits = [
+            Commit(
+                version=int(r["version"]),
+                timestamp=r["timestamp"],
+                operation=r["operation"],
+                operationMetrics=_int_metrics(r["operationMetrics"]),
+                userMetadata=r["userMetadata"],
+            )
+            for r in rows
+        ]
+        return sorted(commits, key=lambda c: -c.version)
+
     # ---- writing -----------------------------------------------------------------
-    def _ensure_schema(self) -> None:
-        if self.catalog_mode:
-            prefix = f"{self.cfg.tables.catalog}." if self.cfg.tables.catalog else ""
-            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}{self.cfg.tables.schema}")
+    def conform(self, df: DataFrame, table: TableRef) -> DataFrame:
+        """``df`` as ``table``'s rows: its schema's columns in order, cast to its types (extra
+        columns dropped; nullability as the data has it, Delta enforces NOT NULL on write)."""
+        return conform(df, table.schema, f"table {table}")
 
-    def replace(self, df: DataFrame, table: TableRef, partition_by: Sequence[str] = ()) -> int:
-        """Replace the table's content in one commit; returns the new version."""
-        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        if self.catalog_mode:
-            self._ensure_schema()
-            writer.saveAsTable(self.location(table))
-        else:
-            writer.save(self.location(table))
-        return self.version(table)
+    def replace(
+        self,
+        df: DataFrame,
+        table: TableRef,
+        partition_by: Sequence[str] = (),
+        metadata: Optional[dict] = None,
+    ) -> WriteResult:
+        """Replace the table's content (and schema) in one commit."""
+        return self._write(df, table, "overwrite", {"overwriteSchema": "true"}, partition_by, metadata)
 
-    def replace_where(self, df: DataFrame, table: TableRef, condition: str) -> int:
+    def replace_where(
+        self, df: DataFrame, table: TableRef, condition: str, metadata: Optional[dict] = None
+    ) -> WriteResult:
         """Replace the rows matching ``condition`` with ``df`` in one commit (``df`` must match it
-        too). A rerun of the same batch therefore replaces its rows instead of adding them again."""
-        if not self.exists(table):
-            return self.append(df, table)
-        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
-        if self.catalog_mode:
-            writer.saveAsTable(self.location(table))
-        else:
-            writer.save(self.location(table))
-        return self.version(table)
+        too). A rerun of the same batch therefore replaces its rows instead of adding them again.
+        A missing table is created empty from its schema first."""
+        self._create_if_missing(table)
+        return self._write(df, table, "overwrite", {"replaceWhere": condition}, (), metadata)
 
-    def append(self, df: DataFrame, table: TableRef) -> int:
-        writer = df.write.format("delta").mode("append")
-        if self.catalog_mode:
-            self._ensure_schema()
-            writer.saveAsTable(self.location(table))
-        else:
-            writer.save(self.location(table))
-        return self.version(table)
+    def append(self, df: DataFrame, table: TableRef, metadata: Optional[dict] = None) -> WriteResult:
+        return self._write(df, table, "append", {}, (), metadata)
 
     def merge(
         self,
@@ -122,21 +217,88 @@ class Lakehouse:
         table: TableRef,
         keys: Sequence[str],
         update: bool = True,
+        update_condition: Optional[str] = None,
         delete_condition: Optional[str] = None,
-    ) -> int:
-        """Upsert ``df`` on ``keys`` in one commit (insert new keys; update matched rows when
-        ``update``). Creates the table from ``df`` when it does not exist yet."""
-        if not self.exists(table):
-            return self.replace(df, table)
+        metadata: Optional[dict] = None,
+    ) -> WriteResult:
+        """Upsert ``df`` on ``keys`` in one commit: insert new keys; update matched rows when
+        ``update`` (and ``update_condition``, over the aliases ``t`` target and ``s`` source, holds);
+        delete target rows without a source row matching ``delete_condition``. A missing table is
+        created empty from its schema first, so the result always holds MERGE metrics."""
+        self._create_if_missing(table)
+        source = self.conform(df, table)
+        before = self.version(table)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        builder = self._delta_table(table).alias("t").merge(df.alias("s"), condition)
+        builder = self._delta_table(table).alias("t").merge(source.alias("s"), condition)
         if update:
-            builder = builder.whenMatchedUpdateAll()
+            builder = builder.whenMatchedUpdateAll(condition=update_condition)
         builder = builder.whenNotMatchedInsertAll()
         if delete_condition:
             builder = builder.whenNotMatchedBySourceDelete(delete_condition)
-        builder.execute()
-        return self.version(table)
+        with self._commit_metadata(metadata):
+            builder.execute()
+        return self._result(table, before)
 
-    def delete_where(self, table: TableRef, condition: str) -> None:
-        self._delta_table(table).delete(condition)
+    def delete_where(self, table: TableRef, condition: str, metadata: Optional[dict] = None) -> WriteResult:
+        before = self.version(table)
+        with self._commit_metadata(metadata):
+            self._delta_table(table).delete(condition)
+        return self._result(table, before)
+
+    def _create_if_missing(self, table: TableRef) -> None:
+        if not self.exists(table):
+            self.replace(self.spark.createDataFrame([], table.schema), table)
+
+    def _write(
+        self,
+        df: DataFrame,
+        table: TableRef,
+        mode: str,
+        options: Mapping[str, str],
+        partition_by: Sequence[str],
+        metadata: Optional[dict],
+    ) -> WriteResult:
+        writer = self.conform(df, table).write.format("delta").mode(mode)
+        for key, value in options.items():
+            writer = writer.option(key, value)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        before = self.version(table)
+        with self._commit_metadata(metadata):
+            self._save(writer, table)
+        return self._result(table, before)
+
+    def _save(self, writer: DataFrameWriter, table: TableRef) -> None:
+        """The one place that knows a path from a catalog name."""
+        if self.catalog_mode:
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self._schema_name()}")
+            writer.saveAsTable(self.location(table))
+        else:
+            writer.save(self.location(table))
+
+    @contextmanager
+    def _commit_metadata(self, metadata: Optional[dict]) -> Iterator[None]:
+        """Make ``metadata`` (JSON) the userMetadata of the commits made inside; the session's
+        previous value is restored afterwards, also when the write fails."""
+        if metadata is None:
+            yield
+            return
+        text = json.dumps(metadata, sort_keys=True, default=str)
+        conf = self.spark.conf
+        with _METADATA_LOCK:
+            previous = conf.get(USER_METADATA_CONF, None)
+            conf.set(USER_METADATA_CONF, text)
+            try:
+                yield
+            finally:
+                if previous is None:
+                    conf.unset(USER_METADATA_CONF)
+                else:
+                    conf.set(USER_METADATA_CONF, previous)
+
+    def _result(self, table: TableRef, version_before: Optional[int]) -> WriteResult:
+        """The write just made: the newest commit, unless the version did not move (no commit)."""
+        last = self.history(table, 1)[0]
+        if version_before is not None and last.version <= version_before:
+            return WriteResult(table, version_before)
+        return WriteResult(table, last.version, last.operation, last.operationMetrics)

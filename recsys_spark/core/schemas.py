@@ -5,7 +5,7 @@ every table's shape can be read in one file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -256,28 +256,31 @@ INGESTED_FILES = T.StructType(
 
 @dataclass(frozen=True)
 class TableRef:
-    """A table of the lakehouse: its layer (bronze/silver/gold) and name."""
+    """A table of the lakehouse: its layer (bronze/silver/gold), name and schema.
+
+    Every write conforms its frame to ``schema`` (see ``Lakehouse``). Two refs are equal when
+    layer and name are."""
 
     layer: str
     name: str
+    schema: T.StructType = field(compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.layer}/{self.name}"
 
 
-BRONZE_EVENTS_TABLE = TableRef("bronze", "events")
-INGESTED_FILES_TABLE = TableRef("bronze", "ingested_files")
-SILVER_EVENTS_TABLE = TableRef("silver", "events")
-QUARANTINE_TABLE = TableRef("silver", "quarantine")
-SILVER_ITEMS_TABLE = TableRef("silver", "items")
-USER_SEQUENCES_TABLE = TableRef("gold", "user_sequences")
-ITEM_EMBEDDINGS_TABLE = TableRef("gold", "item_embeddings")
-USER_VECTORS_TABLE = TableRef("gold", "user_vectors")
-CANDIDATES_TABLE = TableRef("gold", "candidates")
-RECOMMENDATIONS_TABLE = TableRef("gold", "recommendations")
-SIMILAR_ITEMS_TABLE = TableRef("gold", "similar_items")
-METRICS_TABLE = TableRef("gold", "metrics")
-
+BRONZE_EVENTS_TABLE = TableRef("bronze", "events", BRONZE_EVENTS)
+INGESTED_FILES_TABLE = TableRef("bronze", "ingested_files", INGESTED_FILES)
+SILVER_EVENTS_TABLE = TableRef("silver", "events", SILVER_EVENTS)
+QUARANTINE_TABLE = TableRef("silver", "quarantine", QUARANTINE)
+SILVER_ITEMS_TABLE = TableRef("silver", "items", SILVER_ITEMS)
+USER_SEQUENCES_TABLE = TableRef("gold", "user_sequences", USER_SEQUENCES)
+ITEM_EMBEDDINGS_TABLE = TableRef("gold", "item_embeddings", ITEM_EMBEDDINGS)
+USER_VECTORS_TABLE = TableRef("gold", "user_vectors", USER_VECTORS)
+CANDIDATES_TABLE = TableRef("gold", "candidates", CANDIDATES)
+RECOMMENDATIONS_TABLE = TableRef("gold", "recommendations", RECOMMENDATIONS)
+SIMILAR_ITEMS_TABLE = TableRef("gold", "similar_items", SIMILAR_ITEMS)
+METRICS_TABLE = TableRef("gold", "metrics", METRICS)
 
 def empty_items() -> Column:
     """An empty array<string> (what a missing item list counts as)."""

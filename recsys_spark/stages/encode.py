@@ -35,6 +35,7 @@ from pyspark.storagelevel import StorageLevel
 from recsys_spark.models import text as text_model
 from recsys_spark.core.config import ConfigError, EncodeConfig
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.lakehouse import WriteResult, table_versions
 from recsys_spark.core.schemas import (
     ACTIVE,
     CONTENT_HASH,
@@ -47,7 +48,6 @@ from recsys_spark.core.schemas import (
     MODEL_VERSION,
     SILVER_ITEMS_TABLE,
     VECTOR,
-    conform,
     require_columns,
 )
 
@@ -324,7 +324,7 @@ def _check_unique_items(items: DataFrame) -> None:
 def run(ctx: StageContext) -> dict:
     """silver/items -> gold/item_embeddings (MERGE on item_id). Summary: items_total, items_encoded,
     items_skipped, items_no_text, items_truncated, items_deactivated, items_reactivated,
-    texts_per_s, model, model_version, dim, devices, model_loads, python_workers, table_version."""
+    texts_per_s, model, model_version, dim, devices, model_loads, python_workers, tables."""
     cfg = ctx.cfg.encode
     template_fields(cfg.text_template)
     model = text_model.resolve_model(cfg.model)  # fails here, before any Spark work
@@ -389,13 +389,12 @@ def run(ctx: StageContext) -> dict:
                 *[F.col(c) for c in ITEM_EMBEDDINGS.fieldNames() if c != ACTIVE], F.col("_now_active").alias(ACTIVE)
             )
             changes = changes.unionByName(flipped)
-        changes = conform(changes, ITEM_EMBEDDINGS, "encode: item_embeddings rows")
         if not table_exists:
-            table_version = lake.replace(changes, ITEM_EMBEDDINGS_TABLE)
+            written = lake.replace(changes, ITEM_EMBEDDINGS_TABLE)
         elif stats["n"] or deactivated or by_action[REACTIVATE]:
-            table_version = lake.merge(changes, ITEM_EMBEDDINGS_TABLE, keys=[ITEM_ID])
-        else:
-            table_version = lake.version(ITEM_EMBEDDINGS_TABLE)
+            written = lake.merge(changes, ITEM_EMBEDDINGS_TABLE, keys=[ITEM_ID])
+        else:  # nothing to change: no commit, the table stays at its version
+            written = WriteResult(ITEM_EMBEDDINGS_TABLE, lake.version(ITEM_EMBEDDINGS_TABLE))
     finally:
         encoded.unpersist()
 
@@ -421,7 +420,7 @@ def run(ctx: StageContext) -> dict:
         "model_loads": stats["loads"],
         "python_workers": stats["workers"],
         "partitions": partitions,
-        "table_version": table_version,
+        "tables": table_versions(written),
     }
     log.info("encode: %s", summary)
     return summary

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import baselines, metrics
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
     ACTIVE,
     ALS_MODEL,
@@ -34,7 +35,6 @@ from recsys_spark.core.schemas import (
     ITEMS,
     K,
     METRIC,
-    METRICS,
     METRICS_TABLE,
     RUN_ID,
     N_USERS,
@@ -299,11 +299,11 @@ def run(ctx: StageContext) -> dict:
 
     table = ctx.spark.createDataFrame(
         [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in rows],
-        METRICS,
+        METRICS_TABLE.schema,
     )
     # This run's rows replace any earlier rows of the same run_id: a rerun adds nothing twice.
     run_id = ctx.run_id.replace("'", "''")
-    version = ctx.lake.replace_where(table, METRICS_TABLE, f"{RUN_ID} = '{run_id}'")
+    written = ctx.lake.replace_where(table, METRICS_TABLE, f"{RUN_ID} = '{run_id}'")
     for cached in (targets, all_items, popularity) + ((negatives,) if negatives is not None else ()):
         cached.unpersist()
 
@@ -325,7 +325,7 @@ def run(ctx: StageContext) -> dict:
         "short_lists": {m: c["short_lists"] for m, c in counts.items()},
         "model_seconds": seconds,
         "metrics_rows": len(rows),
-        "metrics_version": version,
+        "tables": table_versions(written),
         "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
         f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",
     }

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark.core.config import FeaturesConfig
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
     EVENT_ID,
     EVENT_TYPE,
@@ -40,7 +41,6 @@ from recsys_spark.core.schemas import (
     TS,
     TS_LIST,
     USER_ID,
-    USER_SEQUENCES,
     USER_SEQUENCES_TABLE,
     VAL_ITEMS,
     VALUE,
@@ -101,7 +101,7 @@ def build_sequences(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         F.transform("ev", lambda e: e[WEIGHT].cast("double")).alias(WEIGHTS),
         N_EVENTS,
     )
-    return split_sequences(seq, cfg).select(*USER_SEQUENCES.fieldNames())
+    return split_sequences(seq, cfg).drop("_t_us", "_n_hist", "_n_train")
 
 
 def _slice(col: str, start: Column, length: Column) -> Column:
@@ -160,9 +160,9 @@ def run(ctx: StageContext) -> dict:
     """The features stage: replace gold/user_sequences in one commit; summary of users and split."""
     events = ctx.lake.read(SILVER_EVENTS_TABLE)
     sequences = build_sequences(events, ctx.cfg.features)
-    version = ctx.lake.replace(sequences, USER_SEQUENCES_TABLE)
-    written = ctx.lake.read(USER_SEQUENCES_TABLE, version=version)
-    stats = written.agg(
+    written = ctx.lake.replace(sequences, USER_SEQUENCES_TABLE)
+    stored = ctx.lake.read(USER_SEQUENCES_TABLE, version=written.version)
+    stats = stored.agg(
         F.count(F.lit(1)).alias("users"),
         F.coalesce(F.sum(N_EVENTS), F.lit(0)).alias("events"),
         F.coalesce(F.sum(F.size(ITEMS)), F.lit(0)).alias("events_kept"),
@@ -180,7 +180,7 @@ def run(ctx: StageContext) -> dict:
             "events_truncated": events_total - summary["events_kept"],
             "split": ctx.cfg.features.split,
             "max_sequence_length": ctx.cfg.features.max_sequence_length,
-            "versions": {str(USER_SEQUENCES_TABLE): version},
+            "tables": table_versions(written),
         }
     )
     log.info("features: %d users, %d events kept", summary["users"], summary["events_kept"])

@@ -577,4 +577,5 @@ def run(ctx: StageContext) -> dict:
         "seed": plan.seed,
         "partitions": plan.partitions,
         **counts,
+        "tables": {},  # raw files, no table
     }

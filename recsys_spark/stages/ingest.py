@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.io import sources
@@ -37,16 +37,13 @@ from recsys_spark.core.schemas import (
     INGESTED_FILES_TABLE,
     ITEM_ID,
     KIND,
-    QUARANTINE,
     QUARANTINE_TABLE,
     RATING_EVENT,
     RAW,
     RAW_EVENT_FIELDS,
     REASON,
     SESSION_ID,
-    SILVER_EVENTS,
     SILVER_EVENTS_TABLE,
-    SILVER_ITEMS,
     SILVER_ITEMS_TABLE,
     SOURCE,
     TAGS,
@@ -241,7 +238,7 @@ def _record_files(ctx: StageContext, files: list[sources.InputFile], kind: str, 
     if not files:
         return
     rows = [(f.path, f.size, f.modified, kind, now) for f in files]
-    df = ctx.spark.createDataFrame(rows, "path string, size long, modified long, kind string, _ingested_at timestamp")
+    df = ctx.spark.createDataFrame(rows, INGESTED_FILES_TABLE.schema)
     ctx.lake.merge(df, INGESTED_FILES_TABLE, ["path", KIND])
 
 
@@ -256,10 +253,6 @@ def _resolve_format(cfg: Config, files: list[sources.InputFile]) -> tuple[str, O
     if fmt == "auto":
         fmt = "movielens" if layout is not None else "events"
     return fmt, layout if fmt == "movielens" else None
-
-
-def _empty(spark: SparkSession, schema) -> DataFrame:
-    return spark.createDataFrame([], schema)
 
 
 def _sources_condition(sources_seen: list[str], kind: Optional[str] = None) -> str:
@@ -289,7 +282,7 @@ def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> d
     sources_seen = [r[0] for r in batch.select(SOURCE).distinct().collect()]  # one per file
     if not sources_seen:
         return {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
-    bronze_version = lake.replace_where(batch, BRONZE_EVENTS_TABLE, _sources_condition(sources_seen))
+    lake.replace_where(batch, BRONZE_EVENTS_TABLE, _sources_condition(sources_seen))
 
     validated = validate_events(batch, ctx.cfg.ingest, now).persist()
     try:
@@ -303,21 +296,14 @@ def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> d
             .groupBy(REASON).count().collect()
         }
         quarantine = quarantine_rows(validated, "events")
-        if not lake.exists(QUARANTINE_TABLE):
-            lake.replace(_empty(ctx.spark, QUARANTINE), QUARANTINE_TABLE)
         lake.replace_where(quarantine, QUARANTINE_TABLE, _sources_condition(sources_seen, "events"))
 
         typed = type_events(validated)
         # One row per event key within the batch; the MERGE then skips keys silver already has.
-        unique = typed.dropDuplicates([EVENT_ID]).persist()
-        try:
-            n_valid = counts["rows_in"] - counts["rows_quarantined"]
-            n_unique = unique.count()
-            if not lake.exists(SILVER_EVENTS_TABLE):
-                lake.replace(_empty(ctx.spark, SILVER_EVENTS), SILVER_EVENTS_TABLE)
-            inserted = _merge_insert_only(ctx, unique, n_unique)
-        finally:
-            unique.unpersist()
+        # Insert-only: a key silver already has is a counted duplicate, never updated.
+        merged = lake.merge(typed.dropDuplicates([EVENT_ID]), SILVER_EVENTS_TABLE, [EVENT_ID], update=False)
+        n_valid = counts["rows_in"] - counts["rows_quarantined"]
+        inserted = merged.metric("numTargetRowsInserted")
     finally:
         validated.unpersist()
     rows_in = int(counts["rows_in"])
@@ -328,30 +314,7 @@ def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> d
         "rows_quarantined": quarantined,
         "rows_duplicate": int(n_valid - inserted),
         "quarantine_reasons": dict(sorted(reasons.items())),
-        "bronze_version": bronze_version,
     }
-
-
-def _merge_insert_only(ctx: StageContext, unique: DataFrame, n_unique: int) -> int:
-    """Insert events whose key silver/events lacks; returns how many were inserted."""
-    if n_unique == 0:
-        return 0
-    from delta.tables import DeltaTable
-
-    location = ctx.lake.location(SILVER_EVENTS_TABLE)
-    target = DeltaTable.forName(ctx.spark, location) if ctx.lake.catalog_mode else DeltaTable.forPath(ctx.spark, location)
-    before = target.history(1).select("version").first()[0]
-    target.alias("t").merge(unique.alias("s"), f"t.{EVENT_ID} = s.{EVENT_ID}").whenNotMatchedInsertAll().execute()
-    return int(_merge_metrics(target, before).get("numTargetRowsInserted", 0))
-
-
-def _merge_metrics(target, version_before: int) -> dict:
-    """The operation metrics of the MERGE just run; empty when it changed nothing. (A MERGE that
-    changes nothing writes no commit, and then the latest commit is an older operation's.)"""
-    last = target.history(1).select("version", "operationMetrics").first()
-    if last["version"] == version_before:
-        return {}
-    return last["operationMetrics"] or {}
 
 
 def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict:
@@ -363,39 +326,27 @@ def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict
         counts = validated.agg(F.count(F.lit(1)).alias("n"), F.count(F.col(REASON)).alias("bad")).first()
         sources_seen = [r[0] for r in validated.select(SOURCE).distinct().collect()]
         if sources_seen:
-            if not lake.exists(QUARANTINE_TABLE):
-                lake.replace(_empty(ctx.spark, QUARANTINE), QUARANTINE_TABLE)
             lake.replace_where(
                 quarantine_rows(validated, "items"), QUARANTINE_TABLE, _sources_condition(sources_seen, "items")
             )
         typed = type_items(validated)
         unique = typed.dropDuplicates([ITEM_ID])
         n_unique = unique.count()
-        if not lake.exists(SILVER_ITEMS_TABLE):
-            lake.replace(_empty(ctx.spark, SILVER_ITEMS), SILVER_ITEMS_TABLE)
-        from delta.tables import DeltaTable
-
-        location = lake.location(SILVER_ITEMS_TABLE)
-        target = DeltaTable.forName(ctx.spark, location) if lake.catalog_mode else DeltaTable.forPath(ctx.spark, location)
-        before = target.history(1).select("version").first()[0]
-        (
-            target.alias("t")
-            .merge(unique.alias("s"), f"t.{ITEM_ID} = s.{ITEM_ID}")
-            .whenMatchedUpdateAll(condition=f"t.{CONTENT_HASH} <> s.{CONTENT_HASH}")
-            .whenNotMatchedInsertAll()
-            .execute()
+        # Only items whose content changed are updated; a MERGE that changes nothing commits nothing.
+        merged = lake.merge(
+            unique, SILVER_ITEMS_TABLE, [ITEM_ID], update_condition=f"t.{CONTENT_HASH} <> s.{CONTENT_HASH}"
         )
-        metrics = _merge_metrics(target, before)
     finally:
         validated.unpersist()
     good = int(counts["n"] - counts["bad"])
+    inserted, updated = merged.metric("numTargetRowsInserted"), merged.metric("numTargetRowsUpdated")
     return {
         "items_in": int(counts["n"]),
         "items_quarantined": int(counts["bad"]),
         "items_duplicate": good - n_unique,
-        "items_inserted": int(metrics.get("numTargetRowsInserted", 0)),
-        "items_updated": int(metrics.get("numTargetRowsUpdated", 0)),
-        "items_unchanged": n_unique - int(metrics.get("numTargetRowsInserted", 0)) - int(metrics.get("numTargetRowsUpdated", 0)),
+        "items_inserted": inserted,
+        "items_updated": updated,
+        "items_unchanged": n_unique - inserted - updated,
     }
 
 
@@ -421,7 +372,8 @@ def _ingest_new(
 
 def run(ctx: StageContext) -> dict:
     """The ingest stage. Summary: rows_in, rows_good, rows_quarantined, rows_duplicate,
-    quarantine_reasons, files_new, items_* counts and the table versions."""
+    quarantine_reasons, files_new, items_* counts and ``tables`` (the versions of the tables it
+    writes, as it leaves them)."""
     cfg = ctx.cfg
     if not cfg.input.events:
         raise sources.InputError("config key 'input.events': no input path given")
@@ -458,14 +410,12 @@ def run(ctx: StageContext) -> dict:
 
     if not ctx.lake.exists(SILVER_ITEMS_TABLE):
         # Logs without a catalog: items are known by id only, so later stages still have a table.
-        ctx.lake.replace(_empty(ctx.spark, SILVER_ITEMS), SILVER_ITEMS_TABLE)
+        ctx.lake.replace(ctx.spark.createDataFrame([], SILVER_ITEMS_TABLE.schema), SILVER_ITEMS_TABLE)
     _record_files(ctx, new_events, "events", now)
     _record_files(ctx, new_catalog, "items", now)
 
-    summary["versions"] = {
-        str(t): ctx.lake.version(t)
-        for t in (BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_ITEMS_TABLE)
-    }
+    outputs = (BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_ITEMS_TABLE, INGESTED_FILES_TABLE)
+    summary["tables"] = {str(t): v for t in outputs if (v := ctx.lake.version(t)) is not None}
     log.info(
         "ingest: %d rows in, %d good, %d quarantined, %d duplicate",
         summary["rows_in"], summary["rows_good"], summary["rows_quarantined"], summary["rows_duplicate"],

@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
     ACTIVE,
     COMPUTED_AT,
@@ -48,11 +49,9 @@ from recsys_spark.core.schemas import (
     TS,
     USER_ID,
     USER_SEQUENCES_TABLE,
-    USER_VECTORS,
     USER_VECTORS_TABLE,
     VECTOR,
     WEIGHT,
-    conform,
     require_columns,
 )
 
@@ -147,7 +146,7 @@ def run(ctx: StageContext) -> dict:
     """gold/user_sequences + gold/item_embeddings (active rows) -> gold/user_vectors (replaced in one
     commit). Summary: users_total, users_with_vector, users_without_history,
     users_without_usable_history, history_events, history_events_invalid, history_items_unknown,
-    half_life_days, table_version."""
+    half_life_days, tables."""
     half_life_days = ctx.cfg.interests.half_life_days
     sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
     embeddings = ctx.lake.read(ITEM_EMBEDDINGS_TABLE)
@@ -172,8 +171,8 @@ def run(ctx: StageContext) -> dict:
     vectors = interest_vectors(events.filter(valid), active, half_life_days).select(
         USER_ID, VECTOR, N_HISTORY, MODEL, F.current_timestamp().alias(COMPUTED_AT)
     )
-    table_version = ctx.lake.replace(conform(vectors, USER_VECTORS, "interests: user_vectors rows"), USER_VECTORS_TABLE)
-    with_vector = ctx.lake.read(USER_VECTORS_TABLE).count()
+    written = ctx.lake.replace(vectors, USER_VECTORS_TABLE)
+    with_vector = ctx.lake.read(USER_VECTORS_TABLE, version=written.version).count()
 
     summary = {
         "users_total": users["total"],
@@ -184,7 +183,7 @@ def run(ctx: StageContext) -> dict:
         "history_events_invalid": event_counts["invalid"],
         "history_items_unknown": event_counts["unknown"],
         "half_life_days": half_life_days,
-        "table_version": table_version,
+        "tables": table_versions(written),
     }
     if summary["history_items_unknown"] or summary["history_events_invalid"]:
         log.warning(

@@ -27,9 +27,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
     ACTIVE,
-    CANDIDATES,
     CANDIDATES_TABLE,
     COSINE,
     HISTORY_ITEMS,
@@ -41,7 +41,6 @@ from recsys_spark.core.schemas import (
     RETRIEVAL_SCORE,
     RUN_ID,
     SCORE,
-    SIMILAR_ITEMS,
     SIMILAR_ITEMS_TABLE,
     SOURCE_KIND,
     USER_ID,
@@ -161,25 +160,25 @@ def item_index(
 
 
 def candidates_frame(results: DataFrame, method: str, run_id: str) -> DataFrame:
-    """Search results ``(query_id, item_id, rank, score)`` as CANDIDATES rows."""
+    """Search results ``(query_id, item_id, rank, score)`` as CANDIDATES rows (typed by the write)."""
     return results.select(
         F.col(QUERY_ID).alias(USER_ID),
         F.col(ITEM_ID),
-        F.col(RANK).cast("int"),
-        F.col(SCORE).cast("float").alias(RETRIEVAL_SCORE),
+        F.col(RANK),
+        F.col(SCORE).alias(RETRIEVAL_SCORE),
         F.lit(method).alias(SOURCE_KIND),
         F.lit(run_id).alias(RUN_ID),
-    ).to(CANDIDATES)
+    )
 
 
 def similar_items_frame(results: DataFrame) -> DataFrame:
-    """Item-to-item search results as SIMILAR_ITEMS rows."""
+    """Item-to-item search results as SIMILAR_ITEMS rows (typed by the write)."""
     return results.select(
         F.col(QUERY_ID).alias(ITEM_ID),
-        F.col(RANK).cast("int"),
+        F.col(RANK),
         F.col(ITEM_ID).alias(NEIGHBOUR_ID),
-        F.col(SCORE).cast("float").alias(COSINE),
-    ).to(SIMILAR_ITEMS)
+        F.col(SCORE).alias(COSINE),
+    )
 
 
 def seen_pairs(sequences: DataFrame) -> DataFrame:
@@ -246,16 +245,20 @@ def run(ctx: StageContext) -> dict:
     exclude = seen_pairs(sequences)
     ctx.progress(f"retrieve: {method} search, {queries.counts.usable} users x {index.size} items")
     started = time.perf_counter()
-    lake.replace(candidates_frame(index.search(queries, rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE)
+    candidates_written = lake.replace(
+        candidates_frame(index.search(queries, rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE
+    )
     seconds = time.perf_counter() - started
-    candidates = lake.read(CANDIDATES_TABLE)
+    candidates = lake.read(CANDIDATES_TABLE, version=candidates_written.version)
     n_candidates = candidates.count()
     recall = 1.0 if method == "exact" else measure_recall(ctx, queries, index, exclude, candidates)
 
     ctx.progress("retrieve: item -> item neighbours")
     item_queries = text_index.vectors.as_queries()
     self_pairs = text_index.vectors.frame.select(F.col(ITEM_ID).alias(QUERY_ID), F.col(ITEM_ID).alias(ITEM_ID))
-    lake.replace(similar_items_frame(text_index.search(item_queries, rc.similar_items_k, exclude=self_pairs)), SIMILAR_ITEMS_TABLE)
+    similar_written = lake.replace(
+        similar_items_frame(text_index.search(item_queries, rc.similar_items_k, exclude=self_pairs)), SIMILAR_ITEMS_TABLE
+    )
 
     if recall is not None and recall < rc.recall_target:
         log.warning("retrieve: recall@%d vs exact %.3f is below retrieve.recall_target %.3f: raise retrieve.nprobe",
@@ -282,4 +285,5 @@ def run(ctx: StageContext) -> dict:
         "similar_items_index": text_info["index"],
         "similar_items_index_path": text_info["index_path"],
         "similar_items_k": rc.similar_items_k,
+        "tables": table_versions(candidates_written, similar_written),
     }

@@ -20,7 +20,6 @@ the previous version stays readable (``versionAsOf``) for rollback.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Callable, Iterator, Optional
@@ -33,6 +32,7 @@ from pyspark.sql import types as T
 
 from recsys_spark.core.context import StageContext
 from recsys_spark.models import popularity
+from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.models.sequence import cached_ranker, latest_model_dir
 from recsys_spark.core.schemas import (
     CANDIDATES_TABLE,
@@ -45,7 +45,6 @@ from recsys_spark.core.schemas import (
     N_INTERACTIONS,
     RANK,
     REASON,
-    RECOMMENDATIONS,
     RECOMMENDATIONS_TABLE,
     RETRIEVAL_SCORE,
     RUN_ID,
@@ -206,36 +205,18 @@ def with_reasons(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, t
 
 
 # ---- incremental state -------------------------------------------------------------------
-def _history(ctx: StageContext) -> list:
-    where = ctx.lake.location(RECOMMENDATIONS_TABLE)
-    name = where if ctx.lake.catalog_mode else f"delta.`{where}`"
-    return ctx.spark.sql(f"DESCRIBE HISTORY {name} LIMIT 50").select("version", "userMetadata").collect()
+HISTORY_DEPTH = 50  # commits searched for the newest scoring state
 
 
 def last_state(ctx: StageContext) -> Optional[dict]:
     """The ``userMetadata`` of the newest scoring commit of gold/recommendations, if any."""
     if not ctx.lake.exists(RECOMMENDATIONS_TABLE):
         return None
-    for row in sorted(_history(ctx), key=lambda r: -r["version"]):
-        try:
-            meta = json.loads(row["userMetadata"] or "")
-        except ValueError:
-            continue
-        if isinstance(meta, dict) and WATERMARK_KEY in meta:
+    for commit in ctx.lake.history(RECOMMENDATIONS_TABLE, HISTORY_DEPTH):
+        meta = commit.metadata
+        if meta is not None and WATERMARK_KEY in meta:
             return meta
     return None
-
-
-def _write(ctx: StageContext, recs: DataFrame, state: dict, incremental: bool) -> int:
-    """One commit carrying ``state`` as its userMetadata: replace, or merge on (user_id, rank)."""
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    ctx.spark.conf.set(key, json.dumps(state))
-    try:
-        if incremental:
-            return ctx.lake.merge(recs, RECOMMENDATIONS_TABLE, [USER_ID, RANK])
-        return ctx.lake.replace(recs, RECOMMENDATIONS_TABLE)
-    finally:
-        ctx.spark.conf.unset(key)
 
 
 # ---- the stage ------------------------------------------------------------------------------
@@ -319,9 +300,11 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
             F.countDistinct(F.when(~F.col("_popular"), F.col(USER_ID))).alias("personalised_users"),
             F.sum(F.col("_popular").cast("int")).alias("popular_rows"),
         ).first()
-        # Columns cast in RECOMMENDATIONS order (not .to(): joins mark the key columns nullable).
-        rows = final.select(*[F.col(f.name).cast(f.dataType) for f in RECOMMENDATIONS.fields])
-        version = _write(ctx, rows, state, mode == "incremental")
+        # One commit carrying ``state`` as its userMetadata: replace, or merge on (user_id, rank).
+        if mode == "incremental":
+            written = lake.merge(final, RECOMMENDATIONS_TABLE, [USER_ID, RANK], metadata=state)
+        else:
+            written = lake.replace(final, RECOMMENDATIONS_TABLE, metadata=state)
     finally:
         final.unpersist()
     return {
@@ -335,5 +318,5 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         "popular_rows": counts["popular_rows"] or 0,
         "k": sc.k,
         "candidates_unknown_to_model": unknown,
-        "table_version": version,
+        "tables": table_versions(written),
     }

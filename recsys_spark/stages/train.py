@@ -391,4 +391,5 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "oov_items": oov_items,
         "oov_targets": oov_targets,
         "identical_weights": len({r["weights_sha256"] for r in results}) == 1,
+        "tables": {},  # the model goes to <models_dir>/<version>, not to a table
     }

@@ -14,7 +14,6 @@ import functools
 import glob
 import hashlib
 import logging
-import math
 import os
 import time
 from typing import Callable, Iterator, Optional

@@ -199,7 +199,7 @@ def test_encode_is_semantic_normalised_and_incremental(make_ctx, spark):
 
     rerun = encode.run(ctx)
     assert rerun["items_encoded"] == 0 and rerun["items_skipped"] == N_WITH_TEXT
-    assert rerun["table_version"] == first["table_version"]  # nothing changed: no commit
+    assert rerun["tables"]["gold/item_embeddings"] == first["tables"]["gold/item_embeddings"]  # nothing changed: no commit
     assert rerun["dim"] == 384
 
     # space3's plot changes, western1 leaves the catalog, a new item arrives with text only.
@@ -210,7 +210,7 @@ def test_encode_is_semantic_normalised_and_incremental(make_ctx, spark):
     update = encode.run(ctx)
     assert update["items_encoded"] == 2  # space3 and cold1 only
     assert update["items_deactivated"] == 1 and update["items_skipped"] == N_WITH_TEXT - 2
-    assert update["table_version"] == first["table_version"] + 1  # one MERGE commit
+    assert update["tables"]["gold/item_embeddings"] == first["tables"]["gold/item_embeddings"] + 1  # one MERGE commit
     after = _active_vectors(ctx)
     assert "western1" not in after and "cold1" in after
     assert float(after["cold1"] @ after["space2"]) > float(after["cold1"] @ after["romance2"])

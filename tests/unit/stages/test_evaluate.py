@@ -148,7 +148,7 @@ def test_evaluate_appends_each_run_and_skips_what_is_missing(make_ctx, spark):
     second = evaluate.run(make_context(spark, ctx.cfg, run_id="second-run"))
     assert second["models"] == ["popularity"]
     assert "user_vectors" in second["skipped"]["content"]
-    assert second["metrics_version"] == first["metrics_version"] + 1
+    assert second["tables"]["gold/metrics"] == first["tables"]["gold/metrics"] + 1
     runs = ctx.lake.read(METRICS_TABLE).groupBy("run_id").count().collect()
     assert {r["run_id"] for r in runs} == {"test-run", "second-run"}
 

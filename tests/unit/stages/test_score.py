@@ -167,7 +167,7 @@ def test_readers_see_whole_versions_and_incremental_touches_only_changed_users(m
         done.set()
         thread.join()
     assert seen and all(s in ({"r1": 12}, {"r2": 12}) for s in seen), seen
-    assert {r[RUN_ID] for rows in recommendations(ctx, first["table_version"]).values() for r in rows} == {"r1"}
+    assert {r[RUN_ID] for rows in recommendations(ctx, first["tables"]["gold/recommendations"]).values() for r in rows} == {"r1"}
 
     # New events for u1 only; u1's and u2's candidates both change, but only u1 is rescored.
     later = datetime(2026, 2, 1)

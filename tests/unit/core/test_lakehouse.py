@@ -1,0 +1,171 @@
+"""The lakehouse's writes: one conform, a WriteResult per write, commit metadata, history, catalog mode."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_spark.core.lakehouse import USER_METADATA_CONF, WriteResult, table_versions
+from recsys_spark.core.schemas import TableRef
+
+ROWS = T.StructType(
+    [
+        T.StructField("key", T.StringType(), False),
+        T.StructField("n", T.LongType()),
+        T.StructField("label", T.StringType()),
+    ]
+)
+TABLE = TableRef("gold", "lake_test", ROWS)
+
+
+def frame(spark, rows):
+    return spark.createDataFrame(rows, ROWS)
+
+
+def content(lake, table=TABLE, version=None):
+    return sorted(tuple(r) for r in lake.read(table, version).collect())
+
+
+def test_writes_return_their_version_operation_and_metrics(make_ctx):
+    ctx = make_ctx()
+    lake, spark = ctx.lake, ctx.spark
+
+    first = lake.replace(frame(spark, [("a", 1, "x"), ("b", 2, "y")]), TABLE)
+    assert (first.version, first.operation, first.committed) == (0, "WRITE", True)
+    assert first.metric("numOutputRows") == 2
+    assert all(isinstance(v, int) for v in first.metrics.values())
+
+    appended = lake.append(frame(spark, [("c", 3, "z")]), TABLE)
+    assert (appended.version, appended.operation, appended.metric("numOutputRows")) == (1, "WRITE", 1)
+
+    swapped = lake.replace_where(frame(spark, [("c", 30, "z2")]), TABLE, "key = 'c'")
+    assert (swapped.version, swapped.operation, swapped.metric("numOutputRows")) == (2, "WRITE", 1)
+    assert content(lake) == [("a", 1, "x"), ("b", 2, "y"), ("c", 30, "z2")]
+
+    merged = lake.merge(frame(spark, [("a", 10, "x2"), ("d", 4, "w")]), TABLE, ["key"])
+    assert (merged.version, merged.operation) == (3, "MERGE")
+    assert merged.metric("numTargetRowsInserted") == 1 and merged.metric("numTargetRowsUpdated") == 1
+    assert content(lake) == [("a", 10, "x2"), ("b", 2, "y"), ("c", 30, "z2"), ("d", 4, "w")]
+
+    again = lake.replace(frame(spark, [("e", 5, None)]), TABLE)
+    assert (again.version, again.metric("numOutputRows")) == (4, 1)
+    assert content(lake) == [("e", 5, None)] and content(lake, version=first.version) == [("a", 1, "x"), ("b", 2, "y")]
+    assert table_versions(first, again) == {"gold/lake_test": 4}
+
+
+def test_writes_to_a_missing_table_create_it_from_its_schema(make_ctx):
+    ctx = make_ctx()
+    lake, spark = ctx.lake, ctx.spark
+    merged = lake.merge(frame(spark, [("a", 1, "x")]), TABLE, ["key"])
+    # Created empty with the table's schema, then one MERGE: the result holds MERGE metrics.
+    assert (merged.version, merged.operation, merged.metric("numTargetRowsInserted")) == (1, "MERGE", 1)
+    assert [c.operation for c in lake.history(TABLE, 5)] == ["MERGE", "WRITE"]
+    assert lake.read(TABLE, version=0).count() == 0 and lake.read(TABLE).columns == ROWS.fieldNames()
+
+    other = TableRef("gold", "lake_test_where", ROWS)
+    swapped = lake.replace_where(frame(spark, [("a", 1, "x")]), other, "key = 'a'")
+    assert (swapped.version, swapped.metric("numOutputRows")) == (1, 1)
+    assert content(lake, other) == [("a", 1, "x")]
+
+
+def test_a_merge_that_changes_nothing_reports_no_changes(make_ctx):
+    ctx = make_ctx()
+    lake, spark = ctx.lake, ctx.spark
+    rows = [("a", 1, "x"), ("b", 2, "y")]
+    first = lake.merge(frame(spark, rows), TABLE, ["key"], update=False)
+    assert first.metric("numTargetRowsInserted") == 2
+
+    # Insert-only MERGE of keys already there: no commit, so no metrics of the previous commit.
+    noop = lake.merge(frame(spark, rows), TABLE, ["key"], update=False)
+    assert noop == WriteResult(TABLE, first.version)
+    assert not noop.committed and noop.metric("numTargetRowsInserted") == 0 and noop.metrics == {}
+    assert lake.version(TABLE) == first.version
+
+    unchanged = lake.merge(
+        frame(spark, [("a", 1, "other label")]), TABLE, ["key"], update_condition="t.n <> s.n"
+    )
+    # (Delta may still commit a rewrite here; either way nothing counts as updated or inserted.)
+    assert unchanged.metric("numTargetRowsUpdated") == 0 and unchanged.metric("numTargetRowsInserted") == 0
+    changed = lake.merge(frame(spark, [("a", 7, "new")]), TABLE, ["key"], update_condition="t.n <> s.n")
+    assert (changed.version, changed.metric("numTargetRowsUpdated")) == (unchanged.version + 1, 1)
+    assert content(lake) == [("a", 7, "new"), ("b", 2, "y")]
+
+
+def test_conform_orders_casts_and_rejects_a_missing_column(make_ctx):
+    ctx = make_ctx()
+    lake, spark = ctx.lake, ctx.spark
+    # Columns out of order, n as int, an extra column: the table gets its own schema.
+    loose = spark.createDataFrame([(7, "x", "a", True)], "n int, label string, key string, extra boolean")
+    lake.replace(loose, TABLE)
+    stored = lake.read(TABLE)
+    assert [(f.name, f.dataType) for f in stored.schema] == [(f.name, f.dataType) for f in ROWS]
+    assert content(lake) == [("a", 7, "x")]
+
+    missing = spark.createDataFrame([("b", "y")], "key string, label string")
+    for write in (
+        lambda: lake.replace(missing, TABLE),
+        lambda: lake.append(missing, TABLE),
+        lambda: lake.replace_where(missing, TABLE, "key = 'b'"),
+        lambda: lake.merge(missing, TABLE, ["key"]),
+    ):
+        with pytest.raises(ValueError, match=r"table gold/lake_test: missing column\(s\) n\b"):
+            write()
+    assert lake.version(TABLE) == 0 and content(lake) == [("a", 7, "x")]
+
+
+def test_metadata_round_trips_through_history(make_ctx):
+    ctx = make_ctx()
+    lake, spark = ctx.lake, ctx.spark
+    spark.conf.unset(USER_METADATA_CONF)
+    lake.replace(frame(spark, [("a", 1, "x")]), TABLE, metadata={"watermark": "2026-01-01 00:00:00", "k": 3})
+    assert spark.conf.get(USER_METADATA_CONF, None) is None  # unset again after the write
+    lake.append(frame(spark, [("b", 2, "y")]), TABLE)  # no metadata: none recorded
+    lake.merge(frame(spark, [("c", 3, "z")]), TABLE, ["key"], metadata={"run_id": "r2"})
+
+    history = lake.history(TABLE, 10)
+    assert [c.version for c in history] == [2, 1, 0]
+    assert [c.operation for c in history] == ["MERGE", "WRITE", "WRITE"]
+    assert [c.metadata for c in history] == [{"run_id": "r2"}, None, {"watermark": "2026-01-01 00:00:00", "k": 3}]
+    assert history[1].userMetadata is None
+    assert history[0].operationMetrics["numTargetRowsInserted"] == 1
+    assert history[2].operationMetrics["numOutputRows"] == 1 and history[2].timestamp is not None
+    assert [c.version for c in lake.history(TABLE, 1)] == [2]
+
+    # A value the session already had is restored, also when the write fails.
+    spark.conf.set(USER_METADATA_CONF, "outer")
+    try:
+        with pytest.raises(ValueError, match="missing column"):
+            lake.append(spark.createDataFrame([("d",)], "key string"), TABLE, metadata={"x": 1})
+        assert spark.conf.get(USER_METADATA_CONF) == "outer"
+    finally:
+        spark.conf.unset(USER_METADATA_CONF)
+
+    with pytest.raises(FileNotFoundError, match="gold/missing"):
+        lake.history(TableRef("gold", "missing", ROWS), 1)
+
+
+def test_catalog_mode_writes_and_reads_back(make_ctx, tmp_path):
+    schema = f"lake_test_{uuid.uuid4().hex[:8]}"
+    ctx = make_ctx("tables.mode=catalog", "tables.catalog=spark_catalog", f"tables.schema={schema}")
+    lake, spark = ctx.lake, ctx.spark
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{schema} LOCATION '{tmp_path / 'schema'}'")
+    try:
+        assert lake.location(TABLE) == f"spark_catalog.{schema}.gold_lake_test"
+        assert not lake.exists(TABLE)
+        first = lake.replace(frame(spark, [("a", 1, "x")]), TABLE, metadata={"run_id": "c1"})
+        assert first.version == 0 and first.metric("numOutputRows") == 1
+        assert lake.exists(TABLE) and lake.version(TABLE) == 0
+        merged = lake.merge(frame(spark, [("a", 2, "x"), ("b", 3, "y")]), TABLE, ["key"])
+        assert (merged.version, merged.metric("numTargetRowsInserted"), merged.metric("numTargetRowsUpdated")) == (1, 1, 1)
+        appended = lake.append(frame(spark, [("c", 4, None)]), TABLE)
+        swapped = lake.replace_where(frame(spark, [("c", 5, "z")]), TABLE, "key = 'c'")
+        assert (appended.version, swapped.version) == (2, 3)
+        assert content(lake) == [("a", 2, "x"), ("b", 3, "y"), ("c", 5, "z")]
+        assert content(lake, version=0) == [("a", 1, "x")]
+        assert spark.table(lake.location(TABLE)).where(F.col("key") == "b").count() == 1
+        history = lake.history(TABLE, 10)
+        assert [c.version for c in history] == [3, 2, 1, 0] and history[-1].metadata == {"run_id": "c1"}
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")

@@ -13,7 +13,6 @@ from tests.support import REPO, small_config
 
 from recsys_spark.integrations import databricks
 from recsys_spark.core.config import load_config
-from recsys_spark.core.context import make_context
 from recsys_spark.pipeline import run_stage
 from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_module_name
 from recsys_spark.core.schemas import (

@@ -13,7 +13,6 @@ from recsys_spark.search.index import IVFIndex, read_manifest
 from recsys_spark.search.kernels import normalize_rows
 from recsys_spark.core.schemas import (
     CANDIDATES_TABLE,
-    HISTORY_ITEMS,
     ITEM_EMBEDDINGS,
     ITEM_EMBEDDINGS_TABLE,
     ITEM_ID,

@@ -371,7 +371,7 @@ class IVFIndex(_Index):
         centroids_path = os.path.join(_local(path), CENTROIDS_FILE)
         if not os.path.isfile(centroids_path):
             raise ValueError(f"{path}: IVF index without {CENTROIDS_FILE}")
-        centroids = np.load(centroids_path, allow_pickle=False)
+        centroids = np.load(centroids_path)  # numpy never unpickles by default
         defaults = manifest.get("search_defaults", {})
         return cls(
             vectors, centroids, manifest["params"],

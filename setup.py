@@ -41,7 +41,7 @@ TRAIN = [
     "packaging",
 ]
 REPORT = ["matplotlib>=3.8"]
-DEV = ["pytest>=8", "hypothesis>=6.100"]
+DEV = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100"]
 
 setup(
     name="recsys-spark",

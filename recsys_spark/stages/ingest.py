@@ -299,9 +299,7 @@ def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> d
         lake.replace_where(quarantine, QUARANTINE_TABLE, _sources_condition(sources_seen, "events"))
 
         typed = type_events(validated)
-        # One row per event key within the batch; the MERGE then skips keys silver already has.
-        # Insert-only: a key silver already has is a counted duplicate, never updated.
-        merged = lake.merge(typed.dropDuplicates([EVENT_ID]), SILVER_EVENTS_TABLE, [EVENT_ID], update=False)
+        merged = _merge_insert_only(lake, typed)
         n_valid = counts["rows_in"] - counts["rows_quarantined"]
         inserted = merged.metric("numTargetRowsInserted")
     finally:
@@ -315,6 +313,12 @@ def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> d
         "rows_duplicate": int(n_valid - inserted),
         "quarantine_reasons": dict(sorted(reasons.items())),
     }
+
+
+def _merge_insert_only(lake, typed: DataFrame):
+    """MERGE the batch's events into silver/events: one row per event key within the batch, and a
+    key silver already has is a counted duplicate, never updated. Returns the WriteResult."""
+    return lake.merge(typed.dropDuplicates([EVENT_ID]), SILVER_EVENTS_TABLE, [EVENT_ID], update=False)
 
 
 def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict:

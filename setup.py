@@ -16,15 +16,22 @@ class BuildWithProfiles(build_py):
             (target / profile.name).write_bytes(profile.read_bytes())
 
 
-# Pins seen working together (see README "Install"). Spark + Delta are the core; the heavy
-# stacks are extras so ingestion and retrieval run without TensorFlow or torch.
+# The core requirements are ranges that a Spark runtime already satisfies (Databricks Runtime ships
+# pandas, pyarrow and numpy): a library that runs inside someone else's Spark must not pin, or even
+# name, Spark. The `local` extra brings the exact stack seen working together (see README "Install")
+# for running without a cluster; `.ci/install` installs it through `all`.
 CORE = [
+    "pandas>=1.5",
+    "pyarrow>=14",
+    "numpy>=1.23",
+    "pyyaml>=6.0",
+]
+LOCAL = [
     "pyspark==4.2.0",
     "delta-spark==4.4.1",
     "pandas==2.2.3",
     "pyarrow==18.1.0",
     "numpy==1.26.4",
-    "pyyaml>=6.0",
 ]
 TEXT = [
     "torch==2.13.0",
@@ -50,18 +57,20 @@ setup(
     "encoders, LSTM ranking trained with Horovod, approximate cosine retrieval, evaluation.",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10,<3.12",
+    python_requires=">=3.10",  # the pinned extras (TensorFlow 2.15) need 3.10 or 3.11; the core does not
     packages=find_packages(include=["recsys_spark", "recsys_spark.*"]),
     package_data={"recsys_spark": ["data/**/*"]},
     cmdclass={"build_py": BuildWithProfiles},
     include_package_data=True,
     install_requires=CORE,
     extras_require={
+        "local": LOCAL,
+        "spark": LOCAL,
         "text": TEXT,
         "train": TRAIN,
         "report": REPORT,
         "dev": DEV,
-        "all": TEXT + TRAIN + REPORT + DEV,
+        "all": LOCAL + TEXT + TRAIN + REPORT + DEV,
     },
     entry_points={"console_scripts": ["recsys-spark=recsys_spark.cli:main"]},
 )

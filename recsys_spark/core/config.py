@@ -463,19 +463,21 @@ def parse_override(text: str) -> dict:
 
 
 def resolve_profile(path_or_name: Optional[str]) -> Path:
-    """A config path, or the name of a profile in ``conf/`` (``local``, ``cluster``, ``databricks``)."""
+    """A config path, or the name of a profile (``local``, ``cluster``, ``databricks``): a bare
+    name (no folder, no ``.yaml``) is looked up in ``conf/`` of the checkout, then in the
+    profiles the wheel ships, before the working directory, so a profile name means the same
+    wherever the process runs."""
     if path_or_name is None:
         path_or_name = os.environ.get("RECSYS_CONFIG", DEFAULT_PROFILE)
     candidate = Path(path_or_name)
-    if candidate.is_file():
-        return candidate
-    named = CONF_DIR / f"{path_or_name}.yaml"
-    if named.is_file():
-        return named
-    packaged = PACKAGE_ROOT / "conf" / f"{path_or_name}.yaml"
-    if packaged.is_file():
-        return packaged
-    raise ConfigError(f"config file {path_or_name!r} not found (looked in ., {CONF_DIR})")
+    profiles = [CONF_DIR / f"{path_or_name}.yaml", PACKAGE_ROOT / "conf" / f"{path_or_name}.yaml"]
+    bare_name = candidate.name == str(path_or_name) and candidate.suffix not in (".yaml", ".yml")
+    for found in (profiles + [candidate]) if bare_name else ([candidate] + profiles):
+        if found.is_file():
+            return found
+    raise ConfigError(
+        f"config file {path_or_name!r} not found (looked for {', '.join(str(p) for p in ([candidate] + profiles))})"
+    )
 
 
 def _expand(value: Any, base_dir: Path) -> Any:

@@ -8,11 +8,11 @@
 # MAGIC **Before the first run**
 # MAGIC 1. Attach the `recsys_spark` wheel to the cluster as a library (or run this notebook from a Git folder
 # MAGIC    holding the repository), see `notebooks/README.md`.
-# MAGIC 2. Put input where the config points: with `conf/databricks.yaml`, the MovieLens folder
+# MAGIC 2. Put input where the config points: with the `databricks` profile (`conf/databricks.yaml`), the MovieLens folder
 # MAGIC    (`ratings.csv`, `movies.csv`, `tags.csv`) goes to `/Volumes/main/recsys/raw/events`.
 # MAGIC    Or run `09_generate` first and point `input.events` / `input.items` at its output.
 # MAGIC
-# MAGIC **Parameters** (widgets, from `./_setup`): `config` (a profile in `conf/` or a YAML path), `overrides`
+# MAGIC **Parameters** (widgets, from `./_setup`): `config` (a profile name, default `databricks`, or an absolute YAML path), `overrides`
 # MAGIC (`key=value` pairs separated by `;`, e.g. `train.epochs=2;evaluate.ks=[10]`), `run_id`.
 # MAGIC Tables are Unity Catalog names `<catalog>.<schema>.<layer>_<table>` (`tables.mode: catalog`).
 

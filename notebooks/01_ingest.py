@@ -19,6 +19,15 @@ summary = databricks.run_stage_notebook(
 # COMMAND ----------
 
 # MAGIC %md
+# MAGIC Task values for later tasks of a job to gate on (`{{tasks.<task_key>.values.<key>}}`): `rows_ingested` (rows added to `silver.events`).
+
+# COMMAND ----------
+
+databricks.set_task_values(dbutils, summary)
+
+# COMMAND ----------
+
+# MAGIC %md
 # MAGIC The summary is the notebook's result, which a Workflow task shows and passes on.
 
 # COMMAND ----------

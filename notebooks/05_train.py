@@ -17,6 +17,15 @@ summary = databricks.run_stage_notebook(ctx, "train")
 # COMMAND ----------
 
 # MAGIC %md
+# MAGIC Task values for later tasks of a job to gate on (`{{tasks.<task_key>.values.<key>}}`): `model_version` and `val_ndcg_at_10`.
+
+# COMMAND ----------
+
+databricks.set_task_values(dbutils, summary)
+
+# COMMAND ----------
+
+# MAGIC %md
 # MAGIC The summary is the notebook's result, which a Workflow task shows and passes on.
 
 # COMMAND ----------

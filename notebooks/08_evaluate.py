@@ -17,6 +17,24 @@ summary = databricks.run_stage_notebook(ctx, "evaluate", display, show=[schemas.
 # COMMAND ----------
 
 # MAGIC %md
+# MAGIC The run report (`<warehouse>/reports/<run_id>/report.html`: metrics per model, plots, the config).
+
+# COMMAND ----------
+
+displayHTML(databricks.report_html(summary))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC Task values for later tasks of a job to gate on (`{{tasks.<task_key>.values.<key>}}`): `ndcg_at_<K>` (the pipeline model's NDCG@K, one per K in `evaluate.ks`).
+
+# COMMAND ----------
+
+databricks.set_task_values(dbutils, summary)
+
+# COMMAND ----------
+
+# MAGIC %md
 # MAGIC The summary is the notebook's result, which a Workflow task shows and passes on.
 
 # COMMAND ----------

@@ -3,6 +3,11 @@
 The last line on stdout of every command is one JSON object summarising it (what a scheduler
 or a Databricks job reads); logs go to stderr. A failure still prints a JSON line, with
 ``"status": "failed"`` and the error, and exits non-zero.
+
+A Databricks ``python_wheel_task`` (``$DATABRICKS_RUNTIME_VERSION`` set) calls the entry point as
+a function, not through the console script that exits with its return value: there a failure
+raises ``SystemExit`` with the exit status, so the task fails, and a success publishes the stage's key numbers as task
+values (``recsys_spark.integrations.databricks.task_values``) for later tasks to gate on.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from typing import Optional, Sequence
 
 from recsys_spark import pipeline
 from recsys_spark.core.context import StageUnavailable, make_context
+from recsys_spark.core.session import on_databricks
+from recsys_spark.integrations import databricks
 from recsys_spark.stages import PIPELINE_ORDER, STAGES
 from recsys_spark.core.config import ConfigError, load_config
 
@@ -54,6 +61,24 @@ def _emit(summary: dict) -> None:
     print(json.dumps(summary, default=str, sort_keys=False), flush=True)
 
 
+def _failed(code: int) -> int:
+    """``code`` back to the console script, which exits with it; on Databricks the status is
+    raised, since a wheel task calls ``main`` itself and would not see a returned one."""
+    if on_databricks():
+        raise SystemExit(code)
+    return code
+
+
+def _publish_task_values(spark, summary: dict) -> None:
+    try:
+        dbutils = databricks.runtime_dbutils(spark)
+        values = databricks.set_task_values(dbutils, summary)
+    except Exception as exc:  # noqa: BLE001 - the stage succeeded; a job gating on a value then names it missing
+        log.warning("could not set task values for %s: %s: %s", summary.get("stage"), type(exc).__name__, exc)
+        return
+    log.info("task values: %s", values)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -66,11 +91,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"recsys-spark: {exc}", file=sys.stderr)
         _emit({"stage": args.stage, "status": "failed", "error": str(exc)})
-        return 2
+        return _failed(2)
     try:
         from recsys_spark.core.session import get_spark
 
         spark = get_spark(cfg)
+        databricks.prepare_catalog(spark, cfg)
         ctx = make_context(spark, cfg, args.run_id)
         if args.stage == "run":
             summary = pipeline.run_all(ctx)
@@ -79,12 +105,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (StageUnavailable, FileNotFoundError, ValueError, ConfigError) as exc:
         print(f"recsys-spark {args.stage}: {exc}", file=sys.stderr)
         _emit({"stage": args.stage, "status": "failed", "error": str(exc)})
-        return 1
+        return _failed(1)
     except Exception as exc:  # noqa: BLE001 - the JSON line must come out whatever failed
         log.exception("stage %s failed", args.stage)
         _emit({"stage": args.stage, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        return 1
+        return _failed(1)
     summary.setdefault("status", "ok")
+    if on_databricks():
+        _publish_task_values(spark, summary)
     _emit(summary)
     return 0
 

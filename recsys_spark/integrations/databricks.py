@@ -8,7 +8,15 @@ notebook that calls :func:`define_widgets` and :func:`notebook_context` with the
 with :func:`summary_json`. Locally, :func:`run_notebook` executes the Python cells in order (and
 the cells of a ``%run`` notebook in the same namespace, as Databricks does) with a stand-in
 ``dbutils`` whose widgets take their values from a mapping (what job parameters do on
-Databricks), ``display`` logging the shown frame's schema, and ``spark`` the caller's session.
+Databricks) and whose ``jobs.taskValues`` records what the notebook publishes, ``display``
+logging the shown frame's schema, ``displayHTML`` recording the HTML shown, and ``spark`` the
+caller's session.
+
+Task values (:func:`set_task_values`) are the key numbers a later task of a job can gate on,
+e.g. a condition task on ``{{tasks.ingest.values.rows_ingested}}``: ``rows_ingested`` (ingest),
+``model_version`` (train, score), ``val_ndcg_at_10`` (train), ``ndcg_at_<K>`` (evaluate: the
+pipeline model, one per K in ``evaluate.ks``). The CLI publishes the same values when it runs
+as a Databricks wheel task.
 """
 from __future__ import annotations
 
@@ -23,9 +31,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from pyspark.sql import SparkSession
 
 from recsys_spark import pipeline
-from recsys_spark.core.config import load_config
+from recsys_spark.core.config import Config, load_config
 from recsys_spark.core.context import StageContext, make_context
-from recsys_spark.core.schemas import TableRef
+from recsys_spark.core.schemas import PIPELINE_MODEL, TableRef
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +46,9 @@ OVERRIDES_WIDGET = "overrides"
 RUN_ID_WIDGET = "run_id"
 # Text widgets hold one line, so overrides are written key=value;key=value.
 OVERRIDE_SEPARATOR = ";"
-# A Git-folder notebook runs with its own folder as the working directory, so the profile is
-# found next to it whichever copy of the package (the wheel or the Git folder) was imported.
-DEFAULT_NOTEBOOK_CONFIG = "../conf/databricks.yaml"
+# A profile name, resolved through the package (conf/ of a checkout, or the profiles the wheel
+# ships), never a path relative to the working directory, which Databricks does not guarantee.
+DEFAULT_NOTEBOOK_CONFIG = "databricks"
 # Magics with no local meaning: Markdown is documentation, and the local environment is
 # installed by .ci/install, so %pip lines are skipped rather than run.
 SKIPPED_MAGICS = ("md", "pip")
@@ -65,16 +73,52 @@ def parse_overrides(text: str) -> list[str]:
 
 
 def notebook_context(spark: SparkSession, dbutils: Any) -> StageContext:
-    """The StageContext for the config the widgets name; in catalog mode the schema is created
-    first, because Unity Catalog does not create a schema on a table's first write."""
+    """The StageContext for the config the widgets name, its catalog objects prepared first
+    (:func:`prepare_catalog`)."""
     cfg = load_config(
         dbutils.widgets.get(CONFIG_WIDGET) or None,
         parse_overrides(dbutils.widgets.get(OVERRIDES_WIDGET)),
     )
-    if cfg.tables.mode == "catalog":
-        prefix = f"{cfg.tables.catalog}." if cfg.tables.catalog else ""
-        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {prefix}{cfg.tables.schema}")
+    prepare_catalog(spark, cfg)
     return make_context(spark, cfg, dbutils.widgets.get(RUN_ID_WIDGET) or None)
+
+
+# /Volumes/<catalog>/<schema>/<volume>/...: where a Unity Catalog volume's files are.
+VOLUMES_ROOT = "/Volumes/"
+
+
+def warehouse_volume(path: str) -> Optional[tuple[str, str, str]]:
+    """``(catalog, schema, volume)`` of a path inside a Unity Catalog volume, else ``None``."""
+    if not path.startswith(VOLUMES_ROOT):
+        return None
+    parts = [p for p in path[len(VOLUMES_ROOT):].split("/") if p]
+    return (parts[0], parts[1], parts[2]) if len(parts) >= 3 else None
+
+
+def prepare_catalog(spark: SparkSession, cfg: Config) -> None:
+    """In catalog mode, create the schema when it is missing (Unity Catalog does not create one
+    on a table's first write), and the volume the warehouse lies in; the catalog itself must
+    exist: a missing one is an error naming it. Path mode needs nothing."""
+    if cfg.tables.mode != "catalog":
+        return
+    catalog = cfg.tables.catalog
+    schema = f"{catalog}.{cfg.tables.schema}" if catalog else cfg.tables.schema
+    try:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    except Exception as exc:  # noqa: BLE001 - re-raised, named, when the catalog is the cause
+        known = {c.name for c in spark.catalog.listCatalogs()}
+        if catalog and catalog not in known:
+            raise ValueError(
+                f"catalog {catalog!r} does not exist or this user cannot use it (catalogs here: "
+                f"{', '.join(sorted(known)) or 'none'}): create it (CREATE CATALOG {catalog}) or set "
+                f"tables.catalog (the bundle variable 'catalog') to one that exists"
+            ) from exc
+        raise
+    volume = warehouse_volume(cfg.warehouse)
+    if volume is not None:
+        if volume[:2] != (catalog, cfg.tables.schema):
+            log.info("warehouse %s is in volume %s, outside schema %s", cfg.warehouse, ".".join(volume), schema)
+        spark.sql(f"CREATE VOLUME IF NOT EXISTS {'.'.join(volume)}")
 
 
 def run_stage_notebook(
@@ -104,6 +148,80 @@ def run_stage_notebook(
 def summary_json(summary: Mapping[str, Any]) -> str:
     """A summary as the one-line JSON a notebook exits with (what a Workflow task passes on)."""
     return json.dumps(summary, default=str)
+
+
+# ---- task values: the key numbers a later task gates on ---------------------------------------
+ROWS_INGESTED = "rows_ingested"
+MODEL_VERSION = "model_version"
+VAL_NDCG_AT_10 = "val_ndcg_at_10"
+NDCG_AT = "ndcg_at_{k}"
+# A task value's JSON may be at most 48 KiB on Databricks.
+TASK_VALUE_MAX_BYTES = 48 * 1024
+
+
+def task_value_keys(stage: str, cfg: Config) -> tuple[str, ...]:
+    """The task values a successful ``stage`` publishes under ``cfg`` (what a job may reference
+    as ``{{tasks.<task>.values.<key>}}``); ``run`` publishes those of every stage."""
+    if stage == PIPELINE_COMMAND:
+        keys: list[str] = []
+        for name in pipeline.PIPELINE_ORDER:
+            keys += [k for k in task_value_keys(name, cfg) if k not in keys]
+        return tuple(keys)
+    return {
+        "ingest": (ROWS_INGESTED,),
+        "train": (MODEL_VERSION, VAL_NDCG_AT_10),
+        "score": (MODEL_VERSION,),
+        "evaluate": tuple(NDCG_AT.format(k=k) for k in cfg.evaluate.ks),
+    }.get(stage, ())
+
+
+def task_values(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The key numbers of a stage's (or ``run``'s) summary, by task value key: rows ingested,
+    the model version, NDCG@K of the pipeline model (when it was evaluated)."""
+    if summary.get("stage") == PIPELINE_COMMAND:
+        values: dict[str, Any] = {}
+        for stage_summary in summary["stages"].values():
+            values.update(task_values(stage_summary))
+        return values
+    stage = summary.get("stage")
+    if stage == "ingest":
+        return {ROWS_INGESTED: summary["rows_good"]}
+    if stage == "train":
+        return {MODEL_VERSION: summary["model_version"], VAL_NDCG_AT_10: summary["val_ndcg@10"]}
+    if stage == "score":
+        return {MODEL_VERSION: summary["model_version"]}
+    if stage == "evaluate":
+        pipeline_metrics = summary["metrics"].get(PIPELINE_MODEL, {})
+        return {NDCG_AT.format(k=k): pipeline_metrics[f"ndcg@{k}"] for k in summary["ks"] if f"ndcg@{k}" in pipeline_metrics}
+    return {}
+
+
+def set_task_values(dbutils: Any, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``dbutils.jobs.taskValues.set`` each key number of ``summary``; returns what was set."""
+    values = task_values(summary)
+    for key, value in values.items():
+        dbutils.jobs.taskValues.set(key, value)
+    return values
+
+
+def runtime_dbutils(spark: SparkSession) -> Any:
+    """The runtime's ``dbutils`` outside a notebook (a wheel or script task): the Databricks SDK's
+    runtime module, else the classic ``pyspark.dbutils``; only on Databricks."""
+    try:
+        from databricks.sdk.runtime import dbutils
+    except ImportError:
+        from pyspark.dbutils import DBUtils  # only in Databricks Runtime
+
+        return DBUtils(spark)
+    return dbutils
+
+
+def report_html(summary: Mapping[str, Any]) -> str:
+    """The HTML report evaluate wrote (``<reports_dir>/<run_id>/report.html``), for ``displayHTML``."""
+    report = summary.get("report") or {}
+    if "html" not in report:
+        raise ValueError(f"{summary.get('stage')}: the summary names no HTML report (keys: {', '.join(sorted(summary))})")
+    return Path(report["html"]).read_text(encoding="utf-8")
 
 
 # ---- reading the source format ---------------------------------------------------------------
@@ -206,25 +324,76 @@ class LocalNotebookUtils:
         raise NotebookExit(str(value))
 
 
-class LocalDbutils:
-    """The part of ``dbutils`` the notebooks use: ``widgets`` and ``notebook.exit``."""
+class LocalTaskValues:
+    """``dbutils.jobs.taskValues``: ``set`` records this task's values (JSON-serialisable, at
+    most 48 KiB each, as on Databricks); ``get`` reads the values of earlier tasks given as
+    ``upstream`` (``{task_key: {key: value}}``), else ``default``, else ``debugValue`` (what
+    Databricks returns outside a job); with neither it is an error naming the key."""
 
-    def __init__(self, parameters: Optional[Mapping[str, str]] = None):
+    def __init__(self, upstream: Optional[Mapping[str, Mapping[str, Any]]] = None):
+        self.values: dict[str, Any] = {}
+        self._upstream = {task: dict(values) for task, values in (upstream or {}).items()}
+
+    def set(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"task value key must be a non-empty string, got {key!r}")
+        try:
+            encoded = json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"task value {key!r}: {value!r} is not JSON-serialisable ({exc})") from None
+        if len(encoded.encode("utf-8")) > TASK_VALUE_MAX_BYTES:
+            raise ValueError(f"task value {key!r}: {len(encoded)} bytes of JSON, over the {TASK_VALUE_MAX_BYTES}-byte limit")
+        self.values[key] = value
+
+    def get(self, taskKey: str, key: str, default: Any = None, debugValue: Any = None) -> Any:  # noqa: N803
+        found = self._upstream.get(taskKey, {})
+        if key in found:
+            return found[key]
+        if default is not None:
+            return default
+        if debugValue is not None:
+            return debugValue
+        raise ValueError(
+            f"task value {key!r} of task {taskKey!r} was not set (set there: {', '.join(sorted(found)) or 'none'}) "
+            f"and neither default nor debugValue was given"
+        )
+
+
+class LocalJobs:
+    """``dbutils.jobs``: ``taskValues``."""
+
+    def __init__(self, upstream: Optional[Mapping[str, Mapping[str, Any]]] = None):
+        self.taskValues = LocalTaskValues(upstream)  # noqa: N815 - the Databricks name
+
+
+class LocalDbutils:
+    """The part of ``dbutils`` the notebooks use: ``widgets``, ``notebook.exit`` and
+    ``jobs.taskValues``."""
+
+    def __init__(
+        self,
+        parameters: Optional[Mapping[str, str]] = None,
+        upstream_values: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    ):
         self.widgets = LocalWidgets(parameters)
         self.notebook = LocalNotebookUtils()
+        self.jobs = LocalJobs(upstream_values)
 
 
 @dataclass
 class NotebookResult:
     """What a local notebook run gives back: the ``dbutils.notebook.exit`` value, the cells run
     (Python and ``%run`` cells, those of the notebooks it ``%run``s included) and skipped, the
-    notebooks ``%run`` (in order), and the notebook's globals (to inspect its variables)."""
+    notebooks ``%run`` (in order), the notebook's globals (to inspect its variables), the task
+    values it set and the HTML it showed with ``displayHTML``."""
 
     exit_value: Optional[str]
     cells_run: int
     skipped: list[str] = field(default_factory=list)
     namespace: dict = field(default_factory=dict)
     runs: list[Path] = field(default_factory=list)
+    task_values: dict = field(default_factory=dict)
+    html: list[str] = field(default_factory=list)
 
 
 def _display(obj: Any, *args: Any, **kwargs: Any) -> None:
@@ -233,24 +402,35 @@ def _display(obj: Any, *args: Any, **kwargs: Any) -> None:
     log.info("display: %s", schema.simpleString() if schema is not None else type(obj).__name__)
 
 
-def _display_html(html: str) -> None:
-    log.info("displayHTML: %d characters", len(html))
-
-
 def run_notebook(
-    path: "str | Path", spark: SparkSession, parameters: Optional[Mapping[str, str]] = None
+    path: "str | Path",
+    spark: SparkSession,
+    parameters: Optional[Mapping[str, str]] = None,
+    upstream_values: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> NotebookResult:
     """Run a Databricks source notebook locally: its Python cells in order in one namespace,
     ``%run ./other`` cells by running that notebook's cells in the same namespace, Markdown and
-    ``%pip`` cells skipped; any other magic is an error naming the cell."""
+    ``%pip`` cells skipped; any other magic is an error naming the cell. ``parameters`` are the
+    widgets' values (job parameters), ``upstream_values`` the task values of earlier tasks."""
+    dbutils = LocalDbutils(parameters, upstream_values)
+    shown: list[str] = []
+
+    def display_html(html: str) -> None:
+        if not isinstance(html, str):
+            raise TypeError(f"displayHTML takes a string of HTML, got {type(html).__name__}")
+        log.info("displayHTML: %d characters", len(html))
+        shown.append(html)
+
     namespace: dict = {
         "__name__": "__main__",
         "spark": spark,
-        "dbutils": LocalDbutils(parameters),
+        "dbutils": dbutils,
         "display": _display,
-        "displayHTML": _display_html,
+        "displayHTML": display_html,
     }
-    result = NotebookResult(exit_value=None, cells_run=0, namespace=namespace)
+    result = NotebookResult(
+        exit_value=None, cells_run=0, namespace=namespace, task_values=dbutils.jobs.taskValues.values, html=shown
+    )
     try:
         _run_cells(Path(path), result, within=())
     except NotebookExit as done:

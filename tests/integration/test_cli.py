@@ -52,3 +52,48 @@ def test_stage_run_in_a_subprocess_ends_with_json(tmp_path):
     assert missing.returncode == 1
     failed = json.loads(missing.stdout.strip().splitlines()[-1])
     assert failed["status"] == "failed" and "nope" in failed["error"]
+
+
+# ---- as a Databricks python_wheel_task ---------------------------------------------------------
+def test_on_databricks_a_failure_raises_its_exit_status(monkeypatch, capsys):
+    """A wheel task calls the entry point as a function: a returned status would pass unseen."""
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "19.0")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["ingest", "--set", "train.epochs=zero"])
+    assert exc.value.code == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "failed"
+
+
+def test_on_databricks_a_stage_publishes_its_task_values(spark, tmp_path, monkeypatch, capsys):
+    """The runtime's dbutils (``databricks.sdk.runtime``, here the local stand-in) receives the
+    key numbers of the stage's summary, so a later task of the job can gate on them. The stage
+    itself is not run here (an ingest takes a minute on two cores): its summary is a fixed one,
+    and the mapping from a real ingest summary is checked by the 01_ingest notebook's test."""
+    import types
+
+    from recsys_spark.integrations.databricks import LocalDbutils
+
+    dbutils = LocalDbutils()
+    runtime = types.ModuleType("databricks.sdk.runtime")
+    runtime.dbutils = dbutils
+    for name, module in (("databricks", types.ModuleType("databricks")), ("databricks.sdk", types.ModuleType("databricks.sdk")),
+                         ("databricks.sdk.runtime", runtime)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "19.0")
+    ran = []
+
+    def run_stage(ctx, name):
+        ran.append((name, ctx.run_id, ctx.cfg.warehouse))
+        return {"stage": name, "run_id": ctx.run_id, "rows_in": 7, "rows_good": 5, "rows_quarantined": 2, "tables": {}}
+
+    monkeypatch.setattr(cli.pipeline, "run_stage", run_stage)
+    code = cli.main(["ingest", "--set", f"warehouse={tmp_path}", "--run-id", "wheel-task"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and summary["status"] == "ok"
+    assert ran == [("ingest", "wheel-task", str(tmp_path))]
+    assert dbutils.jobs.taskValues.values == {"rows_ingested": 5}
+    # Off Databricks nothing is published.
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION")
+    dbutils.jobs.taskValues.values.clear()
+    assert cli.main(["ingest", "--set", f"warehouse={tmp_path}"]) == 0
+    assert dbutils.jobs.taskValues.values == {}

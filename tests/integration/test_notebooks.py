@@ -118,6 +118,9 @@ def test_notebook_is_databricks_source(path):
     assert cells[-1].magic is None and cells[-1].source.startswith("dbutils.notebook.exit(")
     for stage in notebook_stages(path):
         assert stage in STAGES
+    stages = notebook_stages(path)
+    if len(stages) == 1 and databricks.task_value_keys(stages[0], load_config(databricks.DEFAULT_NOTEBOOK_CONFIG)):
+        assert "databricks.set_task_values(dbutils, summary)" in python, f"{path.name} publishes no task values"
 
 
 def test_setup_notebook_declares_the_widgets_and_the_context():
@@ -176,6 +179,61 @@ def test_widgets_take_parameters_over_defaults():
     bad = databricks.LocalDbutils({"mode": "weekly"})
     with pytest.raises(ValueError, match="'weekly' is not one of"):
         bad.widgets.dropdown("mode", "full", ["full", "incremental"])
+
+
+def test_task_values_are_recorded_checked_and_read_back():
+    dbutils = databricks.LocalDbutils(upstream_values={"ingest": {"rows_ingested": 96}})
+    dbutils.jobs.taskValues.set("ndcg_at_10", 0.25)
+    dbutils.jobs.taskValues.set("model_version", "20261202-1")
+    assert dbutils.jobs.taskValues.values == {"ndcg_at_10": 0.25, "model_version": "20261202-1"}
+    assert dbutils.jobs.taskValues.get("ingest", "rows_ingested") == 96
+    assert dbutils.jobs.taskValues.get("ingest", "missing", default=0) == 0
+    assert dbutils.jobs.taskValues.get("train", "model_version", debugValue="dev") == "dev"
+    with pytest.raises(ValueError, match="task value 'missing' of task 'ingest' was not set \\(set there: rows_ingested\\)"):
+        dbutils.jobs.taskValues.get("ingest", "missing")
+    with pytest.raises(ValueError, match="'when': .* is not JSON-serialisable"):
+        dbutils.jobs.taskValues.set("when", object())
+    with pytest.raises(ValueError, match="over the 49152-byte limit"):
+        dbutils.jobs.taskValues.set("big", "x" * databricks.TASK_VALUE_MAX_BYTES)
+    with pytest.raises(ValueError, match="non-empty string"):
+        dbutils.jobs.taskValues.set("", 1)
+
+
+def test_task_values_of_a_pipeline_run_are_those_of_its_stages():
+    """What the quickstart (``run``) publishes: each stage's key numbers, the keys declared."""
+    stages = {
+        "ingest": {"stage": "ingest", "rows_good": 90, "rows_quarantined": 6},
+        "features": {"stage": "features", "users": 8},
+        "train": {"stage": "train", "model_version": "m1", "val_ndcg@10": 0.31},
+        "score": {"stage": "score", "model_version": "m1"},
+        "evaluate": {"stage": "evaluate", "ks": [5, 10], "metrics": {"lstm": {"ndcg@5": 0.2, "ndcg@10": 0.3}, "popularity": {"ndcg@5": 0.1}}},
+    }
+    values = databricks.task_values({"stage": "run", "stages": stages})
+    assert values == {"rows_ingested": 90, "model_version": "m1", "val_ndcg_at_10": 0.31, "ndcg_at_5": 0.2, "ndcg_at_10": 0.3}
+    cfg = load_config("local", ["evaluate.ks=[5, 10]"])
+    assert set(values) == set(databricks.task_value_keys("run", cfg))
+    # A run whose recommendations were not evaluated publishes no NDCG of the pipeline.
+    assert databricks.task_values({"stage": "evaluate", "ks": [5], "metrics": {"popularity": {"ndcg@5": 0.1}}}) == {}
+
+
+def test_notebook_config_is_a_profile_name_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A file of the profile's name in the working directory does not shadow the profile.
+    (tmp_path / databricks.DEFAULT_NOTEBOOK_CONFIG).write_text("tables: {mode: path}\n", encoding="utf-8")
+    dbutils = databricks.LocalDbutils()
+    databricks.define_widgets(dbutils)
+    cfg = load_config(dbutils.widgets.get(databricks.CONFIG_WIDGET))
+    assert cfg.tables.mode == "catalog" and cfg.spark.add_delta_jars is False
+    assert cfg == load_config(str(REPO / "conf" / "databricks.yaml"))
+
+
+def test_a_missing_catalog_is_an_error_naming_it(spark, tmp_path):
+    cfg = load_config("databricks", ["tables.catalog=no_such_catalog", f"warehouse={tmp_path}"])
+    with pytest.raises(ValueError, match="catalog 'no_such_catalog' does not exist .*catalogs here: .*spark_catalog.*CREATE CATALOG no_such_catalog"):
+        databricks.prepare_catalog(spark, cfg)
+    assert databricks.warehouse_volume("/Volumes/main/recsys/files/models") == ("main", "recsys", "files")
+    assert databricks.warehouse_volume("/Volumes/main/recsys") is None
+    assert databricks.warehouse_volume(str(tmp_path)) is None
 
 
 def test_parse_overrides_splits_on_semicolons():
@@ -311,11 +369,26 @@ def test_stage_notebook_runs_locally(path, spark, notebook_lake):
     _check_outputs(ctx, stage, summary)
     assert result.runs == [SETUP]
     assert result.skipped and all("%md" in s for s in result.skipped)
+    # The task values are the stage's key numbers, under the keys a job may reference.
+    assert result.task_values == databricks.task_values(summary)
+    assert set(result.task_values) == set(databricks.task_value_keys(stage, ctx.cfg))
     if stage == "ingest":
+        assert result.task_values == {"rows_ingested": summary["rows_good"]}
         assert summary["rows_good"] == notebook_lake["counts"]["ratings"]
         assert ctx.lake.read(SILVER_ITEMS_TABLE).count() == notebook_lake["counts"]["movies"]
     if stage == "features":
         assert ctx.lake.read(USER_SEQUENCES_TABLE).count() == notebook_lake["counts"]["users"]
+    if stage == "train":
+        assert result.task_values["model_version"] == summary["model_version"]
+    if stage == "evaluate":
+        # The report evaluate wrote under <warehouse>/reports/<run_id>/ is what the notebook shows.
+        report = Path(summary["report"]["html"])
+        assert report == Path(ctx.cfg.reports_dir) / ctx.run_id / "report.html"
+        assert result.html == [report.read_text(encoding="utf-8")]
+        ndcg = summary["metrics"]["lstm"]
+        assert result.task_values == {f"ndcg_at_{k}": ndcg[f"ndcg@{k}"] for k in ctx.cfg.evaluate.ks}
+    else:
+        assert result.html == []
     if stage == "generate":
         assert summary["event_lines"] == 200
         assert list(Path(summary["events_path"]).glob("events-*.jsonl")), "no event files written"
@@ -362,46 +435,3 @@ def test_ingest_notebook_writes_catalog_tables_with_the_databricks_profile(spark
         assert spark.table(f"spark_catalog.{schema}.silver_items").count() == counts["movies"]
     finally:
         spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")
-
-
-# ---- the Databricks Workflows job ---------------------------------------------------------------
-WORKFLOW = REPO / "conf" / "databricks_workflow.json"
-
-
-def test_workflow_schedules_ingest_encode_score_nightly(monkeypatch):
-    job = json.loads(WORKFLOW.read_text(encoding="utf-8"))
-    cron = job["schedule"]["quartz_cron_expression"].split()
-    assert len(cron) in (6, 7) and cron[3:5] == ["*", "*"], "runs every day"
-    clusters = {c["job_cluster_key"] for c in job["job_clusters"]}
-
-    tasks = {t["task_key"]: t for t in job["tasks"]}
-    assert len(tasks) == len(job["tasks"]), "task keys are unique"
-    order = []
-    for task in job["tasks"]:  # listed in dependency order, so a cycle cannot hide
-        deps = [d["task_key"] for d in task.get("depends_on", [])]
-        assert all(d in order for d in deps), f"{task['task_key']} depends on a later or unknown task"
-        order.append(task["task_key"])
-        assert task["job_cluster_key"] in clusters
-        assert any("whl" in lib for lib in task["libraries"]), "the package wheel is a task library"
-        notebook = REPO / (task["notebook_task"]["notebook_path"] + ".py")
-        assert notebook.is_file(), f"{task['task_key']}: {notebook} does not exist"
-        assert notebook_stages(notebook) == (task["task_key"],)
-
-    def upstream(key: str) -> set:
-        deps = {d["task_key"] for d in tasks[key].get("depends_on", [])}
-        return deps.union(*(upstream(d) for d in deps)) if deps else set()
-
-    assert {"ingest", "encode"} <= upstream("score")
-    assert upstream("encode") == {"ingest"}
-
-    # The job parameters are the notebooks' widgets, and their defaults make a valid config,
-    # read from the notebook folder (a Git-sourced notebook task's working directory).
-    params = {p["name"]: p["default"] for p in job["parameters"]}
-    dbutils = databricks.LocalDbutils(params)
-    databricks.define_widgets(dbutils)
-    assert set(params) == {databricks.CONFIG_WIDGET, databricks.OVERRIDES_WIDGET, databricks.RUN_ID_WIDGET}
-    monkeypatch.chdir(REPO / "notebooks")
-    cfg = load_config(dbutils.widgets.get("config"), databricks.parse_overrides(dbutils.widgets.get("overrides")))
-    assert cfg.tables.mode == "catalog"
-    assert cfg.score.mode == "incremental"
-    assert cfg.features.split == "none"

@@ -48,7 +48,9 @@ TRAIN = [
     "packaging",
 ]
 REPORT = ["matplotlib>=3.8"]
-DEV = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100"]
+# databricks-bundles (no dependencies) holds the Jobs models a bundle deploys: the bundle test
+# checks the jobs in resources/ against them offline.
+DEV = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "databricks-bundles==1.22.1"]
 
 setup(
     name="recsys-spark",

@@ -134,6 +134,18 @@ def test_every_job_is_scheduled_with_retries_timeouts_and_failure_email(bundle):
     assert int(crons["recsys_daily"][2]) not in hourly, "the hourly job stays out of the daily run's hour"
 
 
+def test_jobs_match_the_databricks_jobs_schema(bundle):
+    """Field names and types, as the Jobs models of databricks-bundles (the [dev] extra) read
+    them; the databricks CLI's own `bundle validate` needs a workspace."""
+    jobs_schema = pytest.importorskip("databricks.bundles.jobs", reason="databricks-bundles ([dev] extra) is not installed")
+    for job in bundle.jobs.values():
+        parsed = jobs_schema.Job.from_dict(job.spec)
+        assert [task.task_key for task in parsed.tasks] == list(job.tasks)
+    misspelt = dict(job.spec, tasks=[{**job.spec["tasks"][0], "notebok_task": {}}])
+    with pytest.raises(ValueError, match="Unexpected field 'notebok_task'"):
+        jobs_schema.Job.from_dict(misspelt)
+
+
 # ---- the tasks against the CLI and the notebooks ------------------------------------------------
 def test_wheel_tasks_are_the_cli_entry_point_with_parameters_it_parses(bundle):
     (entry,) = importlib.metadata.distribution(DISTRIBUTION).entry_points.select(group=ENTRY_POINT_GROUP)

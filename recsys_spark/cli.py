@@ -6,8 +6,9 @@ or a Databricks job reads); logs go to stderr. A failure still prints a JSON lin
 
 A Databricks ``python_wheel_task`` (``$DATABRICKS_RUNTIME_VERSION`` set) calls the entry point as
 a function, not through the console script that exits with its return value: there a failure
-raises ``SystemExit`` with the exit status, so the task fails, and a success publishes the stage's key numbers as task
-values (``recsys_spark.integrations.databricks.task_values``) for later tasks to gate on.
+raises ``SystemExit`` with the exit status, so the task fails, and a success publishes the
+stage's key numbers as task values (``recsys_spark.integrations.databricks.task_values``) for
+later tasks to gate on.
 """
 from __future__ import annotations
 

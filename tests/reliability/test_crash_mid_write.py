@@ -4,6 +4,7 @@ one), and the next run must complete the work exactly once."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys_spark.core.context import make_context
 from recsys_spark.stages import features, generate, ingest
 from recsys_spark.core.schemas import (
     BRONZE_EVENTS_TABLE,
@@ -20,23 +22,42 @@ from recsys_spark.core.schemas import (
     SILVER_ITEMS_TABLE,
     USER_SEQUENCES_TABLE,
 )
+from tests.support import REPO, small_config
 
-REPO = Path(__file__).resolve().parents[2]
 KILL_TIMEOUT_SECONDS = 900
 
 
-def batch(make_ctx, out: Path, seed: int, events: int) -> dict:
-    return generate.run(
-        make_ctx(
+def batch(spark, root: Path, seed: int, events: int) -> dict:
+    ctx = make_context(
+        spark,
+        small_config(
+            root / "generate-warehouse",
             "generate.users=400",
             "generate.items=200",
             f"generate.events={events}",
             "generate.topics=8",
             "generate.bad_fraction=0.02",
             f"generate.seed={seed}",
-            f"generate.output={out}",
-        )
+            f"generate.output={root / 'out'}",
+        ),
+        run_id="crash-test",
     )
+    return generate.run(ctx)
+
+
+@pytest.fixture(scope="module")
+def batches(spark, tmp_path_factory):
+    """Two generated batches, made once for the module: a small first one and a big second one
+    (big enough that a write of it is still in flight when the watcher sees its first file).
+    Tests copy the event files they need and never change these."""
+    root = tmp_path_factory.mktemp("crash-batches")
+    return {"a": batch(spark, root / "a", seed=1, events=20_000), "b": batch(spark, root / "b", seed=2, events=200_000)}
+
+
+def copy_events(generated: dict, into: Path, prefix: str) -> None:
+    into.mkdir(exist_ok=True)
+    for path in Path(generated["events_path"]).glob("*.jsonl"):
+        shutil.copyfile(path, into / f"{prefix}-{path.name}")
 
 
 def data_files(table_dir: Path) -> set:
@@ -84,21 +105,17 @@ def cli_args(stage: str, warehouse: Path, inputs: tuple = ()) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("watched_table", [BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE])
-def test_ingest_killed_mid_write(make_ctx, tmp_path, watched_table):
-    first = batch(make_ctx, tmp_path / "a", seed=1, events=20_000)
-    second = batch(make_ctx, tmp_path / "b", seed=2, events=200_000)
+def test_ingest_killed_mid_write(make_ctx, tmp_path, watched_table, batches):
+    first, second = batches["a"], batches["b"]
     inputs_dir = tmp_path / "input"
-    inputs_dir.mkdir()
-    for path in Path(first["events_path"]).glob("*.jsonl"):
-        path.rename(inputs_dir / f"a-{path.name}")
+    copy_events(first, inputs_dir, "a")
     inputs = ("input.format=events", f"input.events={inputs_dir}", f"input.items={first['items_path']}")
     ctx = make_ctx(*inputs)
     ingest.run(ctx)
     tables = (BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_ITEMS_TABLE)
     before = {t: (ctx.lake.version(t), ctx.lake.read(t).count()) for t in tables}
 
-    for path in Path(second["events_path"]).glob("*.jsonl"):
-        path.rename(inputs_dir / f"b-{path.name}")
+    copy_events(second, inputs_dir, "b")
     outcome = run_and_kill(
         cli_args("ingest", ctx.cfg.warehouse, inputs), Path(ctx.lake.location(watched_table)), tmp_path / "killed.log"
     )
@@ -121,8 +138,8 @@ def test_ingest_killed_mid_write(make_ctx, tmp_path, watched_table):
 
 
 @pytest.mark.slow
-def test_features_killed_mid_write(make_ctx, tmp_path):
-    generated = batch(make_ctx, tmp_path / "a", seed=3, events=200_000)
+def test_features_killed_mid_write(make_ctx, tmp_path, batches):
+    generated = batches["b"]
     ctx = make_ctx("input.format=events", f"input.events={generated['events_path']}", f"input.items={generated['items_path']}")
     ingest.run(ctx)
     first = features.run(ctx)

@@ -158,8 +158,8 @@ class StandaloneCluster:
                 if self.state().get("aliveworkers", 0) >= self.workers:
                     log.info("cluster %s up with %d workers", self.master_url, self.workers)
                     return self
-            except OSError:
-                pass  # the master's web UI is not listening yet
+            except (OSError, ValueError):
+                pass  # the master's web UI is not listening yet, or answers before its page is ready
             time.sleep(1.0)
         self.stop()
         raise TimeoutError(f"standalone cluster not up after {timeout:.0f}s; logs in {self.workdir}")

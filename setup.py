@@ -48,6 +48,9 @@ TRAIN = [
     "packaging",
 ]
 REPORT = ["matplotlib>=3.8"]
+# Experiment tracking and the model registry (recsys_spark/tracking): the full server package, so
+# the embedded SQLite store, `mlflow ui` and `mlflow.pyfunc.spark_udf` work without a server.
+TRACKING = ["mlflow==3.17.2"]
 DEV = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100"]
 
 setup(
@@ -69,8 +72,9 @@ setup(
         "text": TEXT,
         "train": TRAIN,
         "report": REPORT,
+        "tracking": TRACKING,
         "dev": DEV,
-        "all": LOCAL + TEXT + TRAIN + REPORT + DEV,
+        "all": LOCAL + TEXT + TRAIN + REPORT + TRACKING + DEV,
     },
     entry_points={"console_scripts": ["recsys-spark=recsys_spark.cli:main"]},
 )

@@ -151,7 +151,7 @@ class Lakehouse:
         """The table (at ``version`` when given). A missing table is a clear error naming it."""
         self._require(table)
         if self.read_versions is not None and str(table) not in self.read_versions:
-            self.read_versions[str(table)] = version if version is not None else self.version(table)
+            self.read_versions[str(table)] = version if version is not None else self._latest(table)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
@@ -163,6 +163,9 @@ class Lakehouse:
         """The latest committed version, or None when the table does not exist."""
         if not self.exists(table):
             return None
+        return self._latest(table)
+
+    def _latest(self, table: TableRef) -> int:
         return int(self._delta_table(table).history(1).select("version").first()[0])
 
     def history(self, table: TableRef, limit: int = 1) -> list[Commit]:

@@ -1,7 +1,8 @@
 """Stage ``retrieve``: cosine top-N candidates per user and nearest neighbours per item.
 
 Reads gold/user_vectors (interest vectors) or, with ``retrieve.query`` lstm/auto and a trained
-model, the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
+model (the registry's ``champion``, or ``models/latest`` without a registry:
+``recsys_spark.tracking.experiment.serving_model_dir``), the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
 gold/user_sequences (``history_items``: never retrieved again for that user).
 Writes gold/candidates (``retrieve.candidates`` rows per user, CANDIDATES schema) and
 gold/similar_items (``retrieve.similar_items_k`` text-vector neighbours per item), one Delta

@@ -6,8 +6,10 @@ vectors, for the reason), silver/items (titles) and, in incremental mode, silver
 user in one Delta commit, so readers see the previous version or the new one, never a mix, and
 the previous version stays readable (``versionAsOf``) for rollback.
 
-- With a trained model the candidates are scored by ``SequenceRanker.score`` inside
-  ``mapInPandas``; the model is loaded once per Python worker. Without one, candidates keep
+- With a trained model (the registry's ``champion``, or ``models/latest`` without a registry:
+  ``recsys_spark.tracking.experiment.serving_model_dir``) the candidates are scored by
+  ``SequenceRanker.score`` inside ``mapInPandas``; the model is loaded once per Python worker.
+  The registered pyfunc ranks the same way (``rank_candidates``). Without one, candidates keep
   their retrieval order and ``model_version`` is ``"none"``.
 - ``reason``: "because you watched <title>", the history item whose text vector is most similar
   to the recommended item. Users with fewer than ``score.min_history`` events or without

@@ -371,7 +371,7 @@ class Tracker:
         if self._parent is not None:
             return self._parent
         client = self.client
-        found = client.search_runs(
+        found = [] if re.search(r"['`\\]", self.run_id) else client.search_runs(
             [self._experiment_id],
             filter_string=f"tags.`{TAG_RUN_ID}` = '{self.run_id}' AND tags.`{TAG_KIND}` = '{PIPELINE}'",
             max_results=1,
@@ -516,7 +516,7 @@ class StageRun:
         if not tracker.active:
             return out
         with tracker._guard("logging the model"):
-            info = log_ranker(tracker.target, self.run_id, model_dir, cfg.score.k)
+            info = log_ranker(tracker.client, tracker._experiment_id, tracker.target, self.run_id, model_dir, cfg.score.k)
             out["logged_model"] = info.model_uri
         if not tracker.active or not tracker.target.registry:
             return out
@@ -569,12 +569,15 @@ def tracker_for(ctx) -> Tracker:
 
 
 # ---- the model: log, register, choose the champion -------------------------------------------
-def log_ranker(t: Target, run_id: str, model_dir: str, k: int):
-    """Log ``model_dir`` as the ranker pyfunc (model from code, with signature) under ``run_id``."""
-    with _mlflow_uris(t) as mlflow:
-        from mlflow.models import Model
+def log_ranker(client, experiment_id: str, t: Target, run_id: str, model_dir: str, k: int):
+    """Log ``model_dir`` as the ranker pyfunc (model from code, with signature) under ``run_id``,
+    in the run's experiment (a logged model made here first: MLflow's own default would be the
+    process's active experiment). A logging that fails marks the logged model FAILED."""
+    logged = client.create_logged_model(experiment_id, name=LOGGED_MODEL_NAME, source_run_id=run_id)
+    try:
+        with _mlflow_uris(t) as mlflow, warnings.catch_warnings():
+            from mlflow.models import Model
 
-        with warnings.catch_warnings():
             # MLflow suggests type hints and an input example; the explicit signature is the contract.
             warnings.simplefilter("ignore", UserWarning)
             return Model.log(
@@ -582,12 +585,19 @@ def log_ranker(t: Target, run_id: str, model_dir: str, k: int):
                 name=LOGGED_MODEL_NAME,
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
+                model_id=logged.model_id,
                 python_model=str(RANKER_CODE),
                 artifacts={MODEL_ARTIFACT: model_dir},
                 signature=signature(k),
                 pip_requirements=_requirements(),
                 model_config={SERVED_K: k},
             )
+    except Exception:
+        from mlflow.entities import LoggedModelStatus
+
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
 
 
 def register(client, t: Target, model_uri: str, run_id: str, version_name: str, model_dir: str,

@@ -569,13 +569,26 @@ def tracker_for(ctx) -> Tracker:
 
 
 # ---- the model: log, register, choose the champion -------------------------------------------
+def _ranker_code(scratch: str) -> str:
+    """The path of ``ranker_model.py``; copied out when the package is imported from a zip
+    (spark-submit ``--py-files``), where the module is no file MLflow could read."""
+    if RANKER_CODE.is_file():
+        return str(RANKER_CODE)
+    import pkgutil
+
+    path = os.path.join(scratch, RANKER_CODE.name)
+    with open(path, "wb") as handle:
+        handle.write(pkgutil.get_data(__package__, RANKER_CODE.name))
+    return path
+
+
 def log_ranker(client, experiment_id: str, t: Target, run_id: str, model_dir: str, k: int):
     """Log ``model_dir`` as the ranker pyfunc (model from code, with signature) under ``run_id``,
     in the run's experiment (a logged model made here first: MLflow's own default would be the
     process's active experiment). A logging that fails marks the logged model FAILED."""
     logged = client.create_logged_model(experiment_id, name=LOGGED_MODEL_NAME, source_run_id=run_id)
     try:
-        with _mlflow_uris(t) as mlflow, warnings.catch_warnings():
+        with _mlflow_uris(t) as mlflow, warnings.catch_warnings(), tempfile.TemporaryDirectory() as scratch:
             from mlflow.models import Model
 
             # MLflow suggests type hints and an input example; the explicit signature is the contract.
@@ -586,7 +599,7 @@ def log_ranker(client, experiment_id: str, t: Target, run_id: str, model_dir: st
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
                 model_id=logged.model_id,
-                python_model=str(RANKER_CODE),
+                python_model=_ranker_code(scratch),
                 artifacts={MODEL_ARTIFACT: model_dir},
                 signature=signature(k),
                 pip_requirements=_requirements(),

@@ -48,6 +48,9 @@ TRAIN = [
     "packaging",
 ]
 REPORT = ["matplotlib>=3.8"]
+# Experiment tracking and the model registry (recsys_spark/tracking): the full server package, so
+# the embedded SQLite store, `mlflow ui` and `mlflow.pyfunc.spark_udf` work without a server.
+TRACKING = ["mlflow==3.17.2"]
 # databricks-bundles (no dependencies) holds the Jobs models a bundle deploys: the bundle test
 # checks the jobs in resources/ against them offline.
 DEV = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "databricks-bundles==1.22.1"]
@@ -71,8 +74,9 @@ setup(
         "text": TEXT,
         "train": TRAIN,
         "report": REPORT,
+        "tracking": TRACKING,
         "dev": DEV,
-        "all": LOCAL + TEXT + TRAIN + REPORT + DEV,
+        "all": LOCAL + TEXT + TRAIN + REPORT + TRACKING + DEV,
     },
     entry_points={"console_scripts": ["recsys-spark=recsys_spark.cli:main"]},
 )

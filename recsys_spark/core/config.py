@@ -317,6 +317,45 @@ class ReportConfig:
     dir: Optional[str] = None  # default <warehouse>/reports
 
 
+# MLflow model names: a registered-model name, or a Unity Catalog <catalog>.<schema>.<name>.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+){0,2}"
+UNITY_CATALOG_REGISTRY = "databricks-uc"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow (``recsys_spark.tracking``): one parent run per pipeline run id, a nested run per
+    stage, the trained model logged as a pyfunc and registered, ``champion`` served."""
+
+    enabled: bool = True
+    uri: Optional[str] = None  # default sqlite:///<warehouse>/mlflow.db (absolute)
+    artifact_location: Optional[str] = None  # default <warehouse>/mlruns; used when the experiment is created
+    experiment: str = "recsys-spark"
+    # Register each trained model and have retrieve/score load models:/<model_name>@champion;
+    # false: they load <models_dir>/latest, as without MLflow.
+    registry: bool = True
+    registry_uri: Optional[str] = None  # default: the tracking URI
+    # With the databricks-uc registry a bare name becomes <tables.catalog>.<tables.schema>.<name>.
+    model_name: str = "recsys_ranker"
+    # The champion alias moves to a new version only when its val NDCG@10 is not worse; true: always.
+    force_champion: bool = False
+    timeout_s: int = 10  # a remote store that does not answer within this is unreachable
+
+    def validate(self, key: str) -> None:
+        import re
+
+        _check(bool(self.experiment), f"{key}.experiment", "must not be empty")
+        _check(
+            re.fullmatch(MODEL_NAME_PATTERN, self.model_name) is not None,
+            f"{key}.model_name",
+            f"must be a name of letters, digits, '_' or '-' (or catalog.schema.name); got {self.model_name!r}",
+        )
+        _check(self.timeout_s >= 1, f"{key}.timeout_s", "must be >= 1")
+        for name in ("uri", "registry_uri", "artifact_location"):
+            value = getattr(self, name)
+            _check(value is None or bool(value.strip()), f"{key}.{name}", "must be null (the default) or not empty")
+
+
 @dataclass(frozen=True)
 class Config:
     warehouse: str = "./warehouse"
@@ -335,9 +374,27 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self, key: str = "") -> None:
         _check(bool(self.warehouse), "warehouse", "must not be empty")
+        uc = (self.tracking.registry_uri or self.tracking.uri or "").startswith(UNITY_CATALOG_REGISTRY)
+        if self.tracking.enabled and self.tracking.registry and uc and self.tracking.model_name.count(".") != 2:
+            _check(
+                bool(self.tables.catalog),
+                "tracking.model_name",
+                f"the {UNITY_CATALOG_REGISTRY} registry names models <catalog>.<schema>.<name>: give a "
+                "three-part name, or set tables.catalog",
+            )
+
+    @property
+    def registered_model_name(self) -> str:
+        """``tracking.model_name``, qualified by the catalog and schema for Unity Catalog."""
+        name = self.tracking.model_name
+        uc = (self.tracking.registry_uri or self.tracking.uri or "").startswith(UNITY_CATALOG_REGISTRY)
+        if uc and name.count(".") != 2:
+            return f"{self.tables.catalog}.{self.tables.schema}.{name.split('.')[-1]}"
+        return name
 
     @property
     def models_dir(self) -> str:

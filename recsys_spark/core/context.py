@@ -10,7 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from pyspark.sql import SparkSession
 
@@ -34,6 +34,8 @@ class StageContext:
     run_id: str
     progress: Callable[[str], None] = field(default=lambda message: log.info("%s", message))
     results: dict = field(default_factory=dict)  # summaries of stages already run in this run
+    # The run's MLflow record (recsys_spark.tracking.experiment.Tracker), made by the pipeline.
+    tracker: Optional[Any] = None
 
 
 def new_run_id() -> str:

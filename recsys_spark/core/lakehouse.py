@@ -101,6 +101,9 @@ class Lakehouse:
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark = spark
         self.cfg = cfg
+        # When a dict (the tracking of a stage sets one), ``read`` records in it the version of
+        # each table it reads: ``{"<layer>/<name>": version}``, the first read of a table winning.
+        self.read_versions: Optional[dict[str, Optional[int]]] = None
 
     # ---- naming ------------------------------------------------------------------
     @property
@@ -147,6 +150,8 @@ class Lakehouse:
     def read(self, table: TableRef, version: Optional[int] = None) -> DataFrame:
         """The table (at ``version`` when given). A missing table is a clear error naming it."""
         self._require(table)
+        if self.read_versions is not None and str(table) not in self.read_versions:
+            self.read_versions[str(table)] = version if version is not None else self._latest(table)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
@@ -158,6 +163,9 @@ class Lakehouse:
         """The latest committed version, or None when the table does not exist."""
         if not self.exists(table):
             return None
+        return self._latest(table)
+
+    def _latest(self, table: TableRef) -> int:
         return int(self._delta_table(table).history(1).select("version").first()[0])
 
     def history(self, table: TableRef, limit: int = 1) -> list[Commit]:

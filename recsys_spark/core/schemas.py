@@ -76,6 +76,13 @@ GENERATED_AT = "generated_at"
 EXAMPLE_HISTORY = "history"  # left-padded token ids
 EXAMPLE_TARGET = "target"  # the next item's token id
 
+# the served model (the MLflow pyfunc of recsys_spark.tracking): its signature's columns
+SERVED_HISTORY = "history"  # item ids, oldest -> newest
+SERVED_CANDIDATES = "candidates"  # optional: the item ids to rank (default: every item not in the history)
+SERVED_ITEMS = "items"  # the top-K item ids, best first
+SERVED_SCORES = "scores"  # their P(next item)
+SERVED_K = "k"  # the inference parameter: how many items
+
 # metrics
 PROTOCOL = "protocol"
 METRIC = "metric"

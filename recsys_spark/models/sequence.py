@@ -193,6 +193,40 @@ def latest_model_dir(models_dir: str) -> Optional[str]:
     return model_dir
 
 
+def check_model_folder(model_dir: str) -> dict:
+    """The folder's ``config.json`` after checking that the folder is one model: the model file and
+    the vocabulary are there, and the vocabulary is the one the network was built for (its items
+    are tokens 2..n_tokens-1, each once). A mismatch is a ``ValueError`` naming the folder: such a
+    folder is never published, logged or served."""
+    config_path = os.path.join(model_dir, CONFIG_FILE)
+    for path in (config_path, os.path.join(model_dir, MODEL_FILE), os.path.join(model_dir, VOCABULARY_DIR)):
+        if not os.path.exists(path):
+            raise ValueError(f"model folder {model_dir}: {os.path.basename(path)} is missing; retrain (train)")
+    with open(config_path, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    spec = ModelSpec.from_json(meta.get("model", {})) if "n_tokens" in meta.get("model", {}) else None
+    if spec is None or not meta.get("version"):
+        raise ValueError(f"model folder {model_dir}: {CONFIG_FILE} has no model spec or version; retrain (train)")
+    vocab = read_vocabulary(model_dir)
+    indices = vocab.column(VOCAB_INDEX).to_pylist()
+    items = vocab.column(ITEM_ID).to_pylist()
+    expected = list(range(FIRST_ITEM, spec.n_tokens))
+    if indices != expected or len(set(items)) != len(items):
+        raise ValueError(
+            f"model folder {model_dir}: the vocabulary ({len(items)} items, tokens "
+            f"{min(indices, default=None)}..{max(indices, default=None)}) does not match the model, built for "
+            f"{spec.n_tokens - FIRST_ITEM} items (tokens {FIRST_ITEM}..{spec.n_tokens - 1}), each once; "
+            "the folder was changed after training: retrain (train)"
+        )
+    return meta
+
+
+def rank_candidates(items: "list[str]", probs, k: int) -> "tuple[list[str], list[float]]":
+    """The ``k`` best of ``items`` by ``probs``, best first; ties keep the given order."""
+    order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k]
+    return [items[i] for i in order], [float(probs[i]) for i in order]
+
+
 @functools.lru_cache(maxsize=2)
 def cached_ranker(model_dir: str) -> "SequenceRanker":
     """The model of ``model_dir``, loaded once per Python worker (TensorFlow on one thread,
@@ -251,6 +285,10 @@ class SequenceRanker:
         log_q = np.full(spec.n_tokens, -np.inf, dtype=np.float64)
         log_q[FIRST_ITEM:] = np.asarray(vocab.column(VOCAB_LOG_Q).to_pylist(), dtype=np.float64)
         return cls(meta["version"], spec, item_ids, log_q, keras_model)
+
+    def known(self, item_ids: "list[str]") -> "list[str]":
+        """The ids of ``item_ids`` that are in the vocabulary, in their order."""
+        return [item for item in item_ids if item in self._token]
 
     def tokens(self, item_ids: "list[str]") -> "list[int]":
         return [self._token.get(item, OOV) for item in item_ids]

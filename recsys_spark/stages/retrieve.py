@@ -1,7 +1,8 @@
 """Stage ``retrieve``: cosine top-N candidates per user and nearest neighbours per item.
 
 Reads gold/user_vectors (interest vectors) or, with ``retrieve.query`` lstm/auto and a trained
-model, the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
+model (the registry's ``champion``, or ``models/latest`` without a registry:
+``recsys_spark.tracking.experiment.serving_model_dir``), the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
 gold/user_sequences (``history_items``: never retrieved again for that user).
 Writes gold/candidates (``retrieve.candidates`` rows per user, CANDIDATES schema) and
 gold/similar_items (``retrieve.similar_items_k`` text-vector neighbours per item), one Delta
@@ -48,7 +49,8 @@ from recsys_spark.core.schemas import (
     USER_VECTORS_TABLE,
     VECTOR,
 )
-from recsys_spark.models.sequence import cached_ranker, latest_model_dir
+from recsys_spark.models.sequence import cached_ranker
+from recsys_spark.tracking.experiment import serving_model_dir
 from recsys_spark.search.index import ExactIndex, IVFIndex, read_manifest
 from recsys_spark.search.spark import recall_vs_exact
 from recsys_spark.search.vectors import EncodedVectors
@@ -226,7 +228,7 @@ def run(ctx: StageContext) -> dict:
         ctx, TEXT_INDEX, text_source, text_vectors, str(ITEM_EMBEDDINGS_TABLE), "run encode first"
     )
 
-    model_dir = latest_model_dir(ctx.cfg.models_dir) if rc.query in ("lstm", "auto") else None
+    model_dir = serving_model_dir(ctx.cfg, "retrieve") if rc.query in ("lstm", "auto") else None
     if rc.query == "lstm" and model_dir is None:
         raise ValueError(f"retrieve.query=lstm but no trained model in {ctx.cfg.models_dir}: run train first")
     if model_dir is not None:

@@ -6,8 +6,10 @@ vectors, for the reason), silver/items (titles) and, in incremental mode, silver
 user in one Delta commit, so readers see the previous version or the new one, never a mix, and
 the previous version stays readable (``versionAsOf``) for rollback.
 
-- With a trained model the candidates are scored by ``SequenceRanker.score`` inside
-  ``mapInPandas``; the model is loaded once per Python worker. Without one, candidates keep
+- With a trained model (the registry's ``champion``, or ``models/latest`` without a registry:
+  ``recsys_spark.tracking.experiment.serving_model_dir``) the candidates are scored by
+  ``SequenceRanker.score`` inside ``mapInPandas``; the model is loaded once per Python worker.
+  The registered pyfunc ranks the same way (``rank_candidates``). Without one, candidates keep
   their retrieval order and ``model_version`` is ``"none"``.
 - ``reason``: "because you watched <title>", the history item whose text vector is most similar
   to the recommended item. Users with fewer than ``score.min_history`` events or without
@@ -33,7 +35,8 @@ from pyspark.sql import types as T
 from recsys_spark.core.context import StageContext
 from recsys_spark.models import popularity
 from recsys_spark.core.lakehouse import table_versions
-from recsys_spark.models.sequence import cached_ranker, latest_model_dir
+from recsys_spark.models.sequence import cached_ranker, rank_candidates
+from recsys_spark.tracking.experiment import serving_model_dir
 from recsys_spark.core.schemas import (
     CANDIDATES_TABLE,
     GENERATED_AT,
@@ -92,10 +95,10 @@ def score_candidates(
             candidates = [list(c) for c in batch[CANDIDATE_ITEMS]]
             users, items, scores = [], [], []
             for user, cands, probs in zip(batch[USER_ID], candidates, ranker.score(histories, candidates)):
-                order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k]
-                users.extend([user] * len(order))
-                items.extend(cands[i] for i in order)
-                scores.extend(float(probs[i]) for i in order)
+                best, best_scores = rank_candidates(cands, probs, k)
+                users.extend([user] * len(best))
+                items.extend(best)
+                scores.extend(best_scores)
             yield pd.DataFrame({USER_ID: users, ITEM_ID: items, SCORE: np.asarray(scores, dtype=np.float32)})
 
     return candidate_lists.mapInPandas(score, _SCORED)
@@ -259,7 +262,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
     warm = sequences.where(F.size(HISTORY_ITEMS) >= sc.min_history).select(USER_ID)
     warm_candidates = candidates.join(warm, USER_ID)
 
-    model_dir = latest_model_dir(ctx.cfg.models_dir)
+    model_dir = serving_model_dir(ctx.cfg, "score")
     unknown = 0
     if model_dir is not None:
         ranker = cached_ranker(model_dir)

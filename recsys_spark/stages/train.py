@@ -5,8 +5,9 @@ sampling log-probabilities, text vectors) and the examples (sliding prefixes of 
 ``train_items`` -> the next item; validation: the whole train sequence -> ``val_items[0]``),
 written as Parquet shards, one per worker. A backend (``recsys_spark.trainers``) trains on them;
 the chief exports the model. The folder is assembled under a staging name and renamed into
-place, and only then does ``<models_dir>/latest`` move, so a failed run leaves the previous
-model in service.
+place (after ``check_model_folder``), and only then does ``<models_dir>/latest`` move, so a failed
+run leaves the previous model in service. Logging the model to MLflow and registering it is the
+pipeline's (``recsys_spark.tracking``), after the folder is published.
 
 Model folder: ``model.keras``, ``vocabulary/`` (Parquet: item_id, index, count, log_q,
 text_vector), ``config.json`` (model spec, train config, inputs), ``history.json`` (training
@@ -38,6 +39,7 @@ from recsys_spark.models.sequence import (
     VOCAB_TEXT,
     VOCABULARY_DIR,
     ModelSpec,
+    check_model_folder,
 )
 from recsys_spark.core.context import StageContext, new_run_id
 from recsys_spark.core.schemas import (
@@ -208,18 +210,6 @@ def _plot_curves(history: dict, path: str) -> bool:
     return True
 
 
-def _log_mlflow(meta: dict, metrics: dict, model_dir: str) -> None:
-    """Record the run in MLflow when it is installed (the tracking URI comes from its env vars)."""
-    try:
-        import mlflow
-    except ImportError:
-        return
-    with mlflow.start_run(run_name=f"train-{meta['version']}"):
-        mlflow.log_params({f"train.{k}": v for k, v in meta["train"].items()})
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
-        mlflow.log_artifacts(model_dir, artifact_path="model")
-
-
 def _best(values: "list[float]", index: int) -> Optional[float]:
     return round(values[index], 5) if values else None
 
@@ -236,6 +226,7 @@ def run(ctx: StageContext) -> dict:
     model_dir = os.path.join(staging, "model")
     try:
         summary = _train(ctx, sequences, version, staging, model_dir)
+        check_model_folder(model_dir)  # a folder that is not one consistent model is never published
         final_dir = os.path.join(models_dir, version)
         os.replace(model_dir, final_dir)
         move_latest(models_dir, version)
@@ -373,7 +364,6 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
     with open(os.path.join(model_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2)
     _plot_curves(history, os.path.join(model_dir, CURVES_FILE))
-    _log_mlflow(meta, metrics, model_dir)
     return {
         "backend": cfg.backend,
         "world_size": chief["world_size"],

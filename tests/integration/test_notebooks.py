@@ -10,6 +10,7 @@ import pytest
 import yaml
 from tests.support.cluster import write_tiny_movielens
 from tests.support import REPO, small_config
+from tests.support.tracking import assert_pipeline_tracked, assert_pyfunc_ranks_like_score
 
 from recsys_spark.integrations import databricks
 from recsys_spark.core.config import load_config
@@ -408,6 +409,9 @@ def test_quickstart_runs_the_whole_pipeline(path, spark, notebook_lake):
     ctx = result.namespace["ctx"]
     for stage in PIPELINE_ORDER:
         _check_outputs(ctx, stage, summary["stages"][stage])
+    # the run's MLflow record (<warehouse>/mlflow.db), and the registered model serving like score
+    assert_pipeline_tracked(ctx, summary, PIPELINE_ORDER)
+    assert assert_pyfunc_ranks_like_score(spark, ctx) > 0
 
 
 def test_ingest_notebook_writes_catalog_tables_with_the_databricks_profile(spark, tmp_path):
@@ -426,6 +430,9 @@ def test_ingest_notebook_writes_catalog_tables_with_the_databricks_profile(spark
                 f"tables.schema={schema}",
                 f"warehouse={tmp_path / 'warehouse'}",
                 f"input.events={movielens}",
+                # No Databricks workspace to track to here (tracking.uri=databricks); an unreachable
+                # store is tests/unit/tracking's.
+                "tracking.enabled=false",
             ]
         ),
     }

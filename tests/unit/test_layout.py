@@ -1,7 +1,7 @@
 """The package's layering, read from its imports: the folders say what the README's layers say.
 
 Floors, bottom up: ``core`` (config, schemas, lakehouse, session, context) < the libraries
-(``io``, ``search``, ``models``, ``trainers``, ``evaluation``) < ``stages`` < the composition
+(``io``, ``search``, ``models``, ``trainers``, ``evaluation``, ``tracking``) < ``stages`` < the composition
 (``pipeline``, ``integrations``) < the entry (``cli``, ``__main__``). A module may import its own
 floor or a lower one, never a higher one; a stage imports no other stage and not the pipeline.
 """
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "recsys_spark"
 
 FLOORS = {
     "core": 0,
-    "io": 1, "search": 1, "models": 1, "trainers": 1, "evaluation": 1,
+    "io": 1, "search": 1, "models": 1, "trainers": 1, "evaluation": 1, "tracking": 1,
     "stages": 2,
     "pipeline": 3, "integrations": 3,
     "cli": 4, "__main__": 4,

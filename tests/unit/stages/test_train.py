@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 
+import pandas as pd
 import pytest
 
 from recsys_spark.core import schemas as S
@@ -182,36 +184,75 @@ def test_horovodrun_workers_end_with_identical_weights(make_ctx):
     assert_two_identical_workers(ctx, summary)
 
 
-def test_training_is_logged_to_mlflow_when_installed(make_ctx, monkeypatch):
-    """Where MLflow is installed (Databricks), each training run logs its params, metrics and the
-    model folder. A stand-in module records the calls; the real one is not a dependency."""
-    import contextlib
-    import sys
-    import types
+def test_train_through_the_pipeline_logs_and_registers_the_model_in_mlflow(make_ctx, tmp_path):
+    """A real MLflow store (SQLite in the test's warehouse): the stage's nested run holds its
+    params, metrics (names MLflow accepts), curves; the model is a pyfunc with a signature,
+    registered, and takes the champion alias; its predictions are the ranker's."""
+    import mlflow
+    from mlflow import MlflowClient
 
-    calls: dict = {"runs": [], "params": {}, "metrics": {}, "artifacts": []}
-    fake = types.ModuleType("mlflow")
-
-    @contextlib.contextmanager
-    def start_run(run_name=None):
-        calls["runs"].append(run_name)
-        yield
-
-    fake.start_run = start_run
-    fake.log_params = calls["params"].update
-    fake.log_metrics = calls["metrics"].update
-    fake.log_artifacts = lambda path, artifact_path=None: calls["artifacts"].append((sorted(os.listdir(path)), artifact_path))
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    from recsys_spark.pipeline import run_stage
+    from recsys_spark.tracking import experiment
 
     ctx = make_ctx(*TRAIN_SETTINGS, "train.epochs=1")
     write_sequences(ctx, cyclic_sequences(ctx.spark, users=20))
-    summary = train.run(ctx)
+    result = run_stage(ctx, "train")
 
-    assert calls["runs"] == [f"train-{summary['model_version']}"]
-    assert calls["params"]["train.epochs"] == 1 and calls["params"]["train.backend"] == "local"
-    assert calls["metrics"]["val_loss"] == pytest.approx(summary["val_loss"])
-    [(files, artifact_path)] = calls["artifacts"]
-    assert artifact_path == "model" and "model.keras" in files and "vocabulary" in files
+    t = experiment.target(ctx.cfg)
+    assert t.tracking_uri == f"sqlite:///{ctx.cfg.warehouse}/mlflow.db"
+    client = MlflowClient(t.tracking_uri, t.registry_uri)
+    run = client.get_run(result["tracking"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["recsys.stage"] == "train"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["recsys.run_id"] == ctx.run_id == "test-run"
+    assert run.data.params["train.epochs"] == "1" and run.data.params["train.backend"] == "local"
+    assert run.data.metrics["val_ndcg_at_10"] == pytest.approx(result["val_ndcg@10"])
+    assert run.data.metrics["val_loss"] == pytest.approx(result["val_loss"])
+    assert run.data.tags["delta.read.gold/user_sequences"] == str(ctx.lake.version(S.USER_SEQUENCES_TABLE))
+    curve = client.get_metric_history(run.info.run_id, "history.val_loss")
+    assert [m.step for m in curve] == [1] and curve[0].value == pytest.approx(result["val_loss"], abs=1e-4)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "training")} >= {"training/curves.png", "training/history.json"}
+
+    registered = result["tracking"]
+    logged = client.get_logged_model(registered["logged_model"].split("/")[-1])  # in this experiment, this warehouse
+    assert logged.experiment_id == run.info.experiment_id and logged.source_run_id == run.info.run_id
+    assert logged.artifact_location.startswith((tmp_path / "warehouse" / "mlruns").as_uri())
+    assert (registered["registered_model"], registered["registered_version"], registered["champion"]) == ("recsys_ranker", "1", True)
+    champion = client.get_model_version_by_alias("recsys_ranker", "champion")
+    assert str(champion.version) == "1" and champion.tags["recsys.model_version"] == result["model_version"]
+    assert float(champion.tags["val_ndcg_at_10"]) == pytest.approx(result["val_ndcg@10"])
+    with experiment._mlflow_uris(t):
+        info = mlflow.models.get_model_info("models:/recsys_ranker@champion")
+        assert [c["name"] for c in info.signature.inputs.to_dict()] == ["history", "candidates"]
+        assert [c["name"] for c in info.signature.outputs.to_dict()] == ["items", "scores"]
+        served = mlflow.pyfunc.load_model("models:/recsys_ranker@champion")
+        out = served.predict(
+            pd.DataFrame({"history": [["i3", "i4", "i5"], ["i1"]], "candidates": [["i6", "i17", "unknown"], None]}), params={"k": 2}
+        )
+    ranker = SequenceRanker.load(latest_model_dir(ctx.cfg.models_dir))
+    [probs] = ranker.score([["i3", "i4", "i5"]], [["i6", "i17"]])
+    assert list(out["items"][0]) == [c for _, c in sorted(zip(-probs, ["i6", "i17"]))]  # 'unknown' is left out
+    assert list(out["scores"][0]) == pytest.approx(sorted(probs, reverse=True), rel=1e-5)
+    assert len(out["items"][1]) == 2 and "i1" not in out["items"][1]  # no candidates: the best unseen items
+
+    # retrieve and score now serve the registered champion (downloaded once under models/.registry)
+    served_dir = experiment.serving_model_dir(ctx.cfg, "score")
+    assert served_dir.startswith(os.path.join(ctx.cfg.models_dir, ".registry", "recsys_ranker", "1"))
+    assert SequenceRanker.load(served_dir).version == result["model_version"]
+
+    # A folder that is not one consistent model is never logged or registered.
+    broken = tmp_path / "models" / "broken"
+    shutil.copytree(latest_model_dir(ctx.cfg.models_dir), broken)
+    meta = json.loads((broken / "config.json").read_text())
+    meta["model"]["n_tokens"] += 1
+    (broken / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model folder .*broken: the vocabulary \(24 items.*retrain"):
+        train.check_model_folder(str(broken))
+    bad_ctx = make_ctx(*TRAIN_SETTINGS, f"train.models_dir={tmp_path / 'models'}", warehouse=ctx.cfg.warehouse)
+    with pytest.raises(ValueError, match="broken: the vocabulary"):
+        with experiment.tracker_for(bad_ctx).stage("train", bad_ctx) as tracked:
+            tracked.record({"stage": "train", "model_version": "broken", "tables": {}}, bad_ctx.cfg)
+    assert [str(v.version) for v in client.search_model_versions("name = 'recsys_ranker'")] == ["1"]
 
 
 # Trained to convergence on data with a loss floor well above 0 (a quarter of the steps jump to

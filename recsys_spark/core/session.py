@@ -48,11 +48,10 @@ def on_databricks() -> bool:
 def is_connect(spark: SparkSession) -> bool:
     """True for a Spark Connect session (serverless, standard access mode, ``spark.remote``):
     no ``sparkContext``, no RDDs, no barrier tasks, no JVM handle."""
-    try:
-        from pyspark.sql.connect.session import SparkSession as ConnectSession
-    except ImportError:  # the Connect client's packages are not installed: nothing can be Connect
-        return False
-    return isinstance(spark, ConnectSession)
+    # Never imported here: a process that made no Connect session has not loaded the module, and
+    # importing it without the Connect client's packages fails (or, under `python -c`, exits).
+    module = sys.modules.get("pyspark.sql.connect.session")
+    return module is not None and isinstance(spark, module.SparkSession)
 
 
 def conf_value(spark: SparkSession, key: str, default: Optional[str] = None) -> Optional[str]:

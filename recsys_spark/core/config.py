@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,10 @@ SAMPLED_DISTRIBUTIONS = ("uniform", "popularity")
 @dataclass(frozen=True)
 class SparkConfig:
     master: Optional[str] = "local[*]"
+    # Spark Connect instead of a classic session: "local[N]" starts a local Connect server in
+    # this process (Delta jars and settings go to it), "sc://host:15002" connects to a running
+    # one. None: classic Spark on ``master``. Training needs classic Spark (README "Spark Connect").
+    remote: Optional[str] = None
     app_name: str = "recsys-spark"
     # Resolve the Delta jars from Maven Central (Ivy-cached). False on Databricks and on
     # clusters whose Spark already ships Delta.
@@ -79,6 +84,12 @@ class SparkConfig:
     def validate(self, key: str) -> None:
         _check(self.shuffle_partitions >= 1, f"{key}.shuffle_partitions", "must be >= 1")
         _check_choice(self.log_level, LOG_LEVELS, f"{key}.log_level")
+        if self.remote is not None:
+            _check(
+                isinstance(self.remote, str) and re.fullmatch(r"local(\[(\*|\d+)\])?|sc://\S+", self.remote) is not None,
+                f"{key}.remote",
+                f"must be local[N] (a local Spark Connect server) or sc://host:port; got {self.remote!r}",
+            )
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterator, Mapping, Optional, Sequence
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 from recsys_spark.core.config import Config
@@ -34,6 +36,8 @@ USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 # The conf is session-wide: writes that set it take turns, so one write's metadata never lands
 # on another's commit made from this process.
 _METADATA_LOCK = threading.RLock()
+# What Delta says when a path holds no Delta table (nothing there, or files that are not one).
+_NOT_A_TABLE = ("DELTA_TABLE_ONLY_OPERATION", "DELTA_MISSING_DELTA_TABLE", "PATH_NOT_FOUND", "DELTA_PATH_DOES_NOT_EXIST")
 
 
 def _int_metrics(raw: Optional[Mapping[str, str]]) -> dict[str, int]:
@@ -126,20 +130,33 @@ class Lakehouse:
     def checkpoint_path(self, name: str) -> str:
         return f"{self.cfg.warehouse.rstrip('/')}/_checkpoints/{name}"
 
-    def _delta_table(self, table: TableRef):
-        from delta.tables import DeltaTable
-
+    def _sql_name(self, table: TableRef) -> str:
+        """``table`` as SQL names it: the qualified name, or ``delta.`<path>```."""
         if self.catalog_mode:
-            return DeltaTable.forName(self.spark, self.location(table))
-        return DeltaTable.forPath(self.spark, self.location(table))
+            return self.location(table)
+        return "delta.`" + self.location(table).replace("`", "``") + "`"
 
     # ---- reading -----------------------------------------------------------------
-    def exists(self, table: TableRef) -> bool:
-        if self.catalog_mode:
-            return self.spark.catalog.tableExists(self.location(table))
-        from delta.tables import DeltaTable
+    # Delta's Python ``DeltaTable`` needs Delta's own Spark Connect plugin on a Connect server,
+    # which Delta does not publish for this Spark; its SQL (DESCRIBE HISTORY, MERGE INTO,
+    # DELETE FROM) runs on classic and Connect sessions alike, so every table operation is SQL.
+    def _history_rows(self, table: TableRef, limit: int) -> Optional[list]:
+        """The newest ``limit`` rows of DESCRIBE HISTORY; None when the table does not exist."""
+        if self.catalog_mode and not self.spark.catalog.tableExists(self.location(table)):
+            return None
+        try:
+            return (
+                self.spark.sql(f"DESCRIBE HISTORY {self._sql_name(table)} LIMIT {int(limit)}")
+                .select("version", "timestamp", "operation", "operationMetrics", "userMetadata")
+                .collect()
+            )
+        except AnalysisException as exc:
+            if not self.catalog_mode and exc.getCondition() in _NOT_A_TABLE:
+                return None
+            raise
 
-        return DeltaTable.isDeltaTable(self.spark, self.location(table))
+    def exists(self, table: TableRef) -> bool:
+        return self._history_rows(table, 1) is not None
 
     def _require(self, table: TableRef) -> None:
         if not self.exists(table):
@@ -149,9 +166,13 @@ class Lakehouse:
 
     def read(self, table: TableRef, version: Optional[int] = None) -> DataFrame:
         """The table (at ``version`` when given). A missing table is a clear error naming it."""
-        self._require(table)
         if self.read_versions is not None and str(table) not in self.read_versions:
-            self.read_versions[str(table)] = version if version is not None else self._latest(table)
+            latest = self.version(table)  # recorded for the run's tracking; None: missing
+            if latest is None:
+                self._require(table)
+            self.read_versions[str(table)] = version if version is not None else latest
+        else:
+            self._require(table)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
@@ -161,24 +182,16 @@ class Lakehouse:
 
     def version(self, table: TableRef) -> Optional[int]:
         """The latest committed version, or None when the table does not exist."""
-        if not self.exists(table):
-            return None
-        return self._latest(table)
-
-    def _latest(self, table: TableRef) -> int:
-        return int(self._delta_table(table).history(1).select("version").first()[0])
+        rows = self._history_rows(table, 1)
+        return None if rows is None else int(rows[0]["version"])
 
     def history(self, table: TableRef, limit: int = 1) -> list[Commit]:
         """The newest ``limit`` commits of ``table``, newest first (a missing table is an error)."""
         if limit < 1:
             raise ValueError(f"history of table {table}: limit must be at least 1, got {limit}")
-        self._require(table)
-        rows = (
-            self._delta_table(table)
-            .history(limit)
-            .select("version", "timestamp", "operation", "operationMetrics", "userMetadata")
-            .collect()
-        )
+        rows = self._history_rows(table, limit)
+        if rows is None:
+            self._require(table)
         commits = [
             Commit(
                 version=int(r["version"]),
@@ -237,20 +250,27 @@ class Lakehouse:
         source = self.conform(df, table)
         before = self.version(table)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        builder = self._delta_table(table).alias("t").merge(source.alias("s"), condition)
+        clauses = []
         if update:
-            builder = builder.whenMatchedUpdateAll(condition=update_condition)
-        builder = builder.whenNotMatchedInsertAll()
+            clauses.append(f"WHEN MATCHED{f' AND ({update_condition})' if update_condition else ''} THEN UPDATE SET *")
+        clauses.append("WHEN NOT MATCHED THEN INSERT *")
         if delete_condition:
-            builder = builder.whenNotMatchedBySourceDelete(delete_condition)
-        with self._commit_metadata(metadata):
-            builder.execute()
+            clauses.append(f"WHEN NOT MATCHED BY SOURCE AND ({delete_condition}) THEN DELETE")
+        view = f"_recsys_merge_source_{uuid.uuid4().hex}"
+        source.createOrReplaceTempView(view)
+        try:
+            with self._commit_metadata(metadata):
+                self.spark.sql(
+                    f"MERGE INTO {self._sql_name(table)} AS t USING {view} AS s ON {condition} " + " ".join(clauses)
+                )
+        finally:
+            self.spark.catalog.dropTempView(view)
         return self._result(table, before)
 
     def delete_where(self, table: TableRef, condition: str, metadata: Optional[dict] = None) -> WriteResult:
         before = self.version(table)
         with self._commit_metadata(metadata):
-            self._delta_table(table).delete(condition)
+            self.spark.sql(f"DELETE FROM {self._sql_name(table)} WHERE {condition}")
         return self._result(table, before)
 
     def _create_if_missing(self, table: TableRef) -> None:

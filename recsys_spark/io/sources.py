@@ -15,6 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core.session import is_connect
 from recsys_spark.core.schemas import (
     CATEGORY,
     DESCRIPTION,
@@ -64,9 +65,9 @@ def list_files(spark: SparkSession, path: str) -> list[InputFile]:
     """Data files under ``path`` (a file or a folder, recursive), hidden files skipped.
 
     Uses the Hadoop FileSystem so local folders, HDFS, S3 and DBFS paths behave alike."""
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None:  # Spark Connect: only local paths can be listed from the client
+    if is_connect(spark):  # no JVM handle: only local (or mounted) paths can be listed from the client
         return _list_local(path)
+    jvm = spark._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())
     if not fs.exists(hpath):

@@ -17,6 +17,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark.core.session import default_parallelism
 from recsys_spark.search.codec import VEC, column, to_matrix
 from recsys_spark.search.kernels import normalize_rows
 from recsys_spark.search.vectors import EncodedVectors
@@ -124,7 +125,7 @@ def _sample(df: DataFrame, n_rows: int, wanted: int, seed: int) -> tuple[DataFra
 
 def _train_in_spark(sample: DataFrame, nlist: int, iterations: int, seed: int) -> np.ndarray:
     """k-means on ``sample`` (unit vectors in ``_vec``) as one Spark job per iteration."""
-    parallelism = sample.sparkSession.sparkContext.defaultParallelism
+    parallelism = default_parallelism(sample.sparkSession)
     sample = sample.repartition(parallelism).cache()
     try:
         pool = sample.orderBy(F.rand(seed)).limit(nlist * SEED_CANDIDATES_PER_LIST).collect()

@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core.session import default_parallelism
 from recsys_spark.core.schemas import ITEM_ID, QUERY_ID, RANK, SCORE, require_columns
 from recsys_spark.search.codec import VEC, column, list_array, list_column, to_matrix
 from recsys_spark.search.kernels import excluded_positions, nearest_cells, nearest_lists, search_lists
@@ -219,7 +220,7 @@ def _plan(spark, n_items: int, n_queries: int, max_parts: int, query_copies: int
     items or ``QUERIES_PER_TASK`` queries, and the fewest copied rows. (Two tasks per core
     copied each IVF query twice as often and measured 5-25% slower on 2 cores.)
     """
-    tasks = spark.sparkContext.defaultParallelism
+    tasks = default_parallelism(spark)
     min_parts = min(max_parts, max(1, math.ceil(n_items / ITEMS_PER_TASK)))
     min_blocks = max(1, math.ceil(n_queries / QUERIES_PER_TASK))
     best = None
@@ -279,7 +280,7 @@ def _search_with_queries(
         cells = nearest_lists(to_matrix(column(table, VEC)), centroids, nprobe)
     n, width = cells.shape
     table = table.append_column(PROBES, list_array(np.arange(n + 1) * width, cells.ravel()))
-    tasks = max(items.sparkSession.sparkContext.defaultParallelism, math.ceil(n_items / ITEMS_PER_TASK))
+    tasks = max(default_parallelism(items.sparkSession), math.ceil(n_items / ITEMS_PER_TASK))
     items = items.coalesce(tasks)
     if EXCLUDED in table.column_names:
         items = items.withColumn(ITEM_HASH, F.xxhash64(ITEM_ID))

@@ -36,6 +36,7 @@ from recsys_spark.models import text as text_model
 from recsys_spark.core.config import ConfigError, EncodeConfig
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import WriteResult, table_versions
+from recsys_spark.core.session import conf_value, default_parallelism
 from recsys_spark.core.schemas import (
     ACTIVE,
     CONTENT_HASH,
@@ -274,28 +275,26 @@ def encode_texts(to_encode: DataFrame, spec: EncoderSpec) -> DataFrame:
 def tasks_per_executor(spark: SparkSession) -> Optional[int]:
     """How many tasks one executor runs at once: local[N] -> N, else spark.executor.cores /
     spark.task.cpus; None when the cluster leaves executor cores to its default."""
-    conf = spark.sparkContext.getConf()
-    task_cpus = int(conf.get("spark.task.cpus", "1"))
-    master = spark.sparkContext.master or ""
+    task_cpus = int(conf_value(spark, "spark.task.cpus", "1"))
+    master = conf_value(spark, "spark.master", "") or ""
     local = re.match(r"local(?:\[(\*|\d+)|$)", master)  # not local-cluster[...]: real executors
     if local:
         # local, local[N], local[*], local[N, maxFailures]: the driver's JVM runs N tasks at once.
         slots = local.group(1) or "1"
         cores = text_model.process_cores() if slots == "*" else int(slots)
         return max(1, cores // task_cpus)
-    cores = conf.get("spark.executor.cores", None)
+    cores = conf_value(spark, "spark.executor.cores")
     return max(1, int(cores) // task_cpus) if cores else None
 
 
 def encoder_spec(spark: SparkSession, cfg: EncodeConfig, model_path: str) -> EncoderSpec:
-    conf = spark.sparkContext.getConf()
     return EncoderSpec(
         model_path=model_path,
         device=cfg.device,
         batch_size=cfg.batch_size,
         torch_threads=cfg.torch_threads,
         tasks_per_executor=tasks_per_executor(spark),
-        task_cpus=int(conf.get("spark.task.cpus", "1")),
+        task_cpus=int(conf_value(spark, "spark.task.cpus", "1")),
     )
 
 
@@ -356,7 +355,7 @@ def run(ctx: StageContext) -> dict:
             examples,
         )
 
-    partitions = cfg.partitions or ctx.spark.sparkContext.defaultParallelism
+    partitions = cfg.partitions or default_parallelism(ctx.spark)
     spec = encoder_spec(ctx.spark, cfg, model.path)
     to_encode = plan.filter(F.col(ACTION) == ENCODE).repartition(partitions)
     encoded = encode_texts(to_encode, spec).persist(StorageLevel.MEMORY_AND_DISK)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,6 +33,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark.core.config import GenerateConfig
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.session import is_connect
 from recsys_spark.core.schemas import (
     CATEGORY,
     DESCRIPTION,
@@ -516,6 +518,9 @@ def write_lines(spark: SparkSession, lines: DataFrame, path: str, prefix: str) -
     Stable names (not Spark's ``part-<uuid>``) make a rerun with the same config write the
     same files, which an incremental ingest that remembers file names then skips."""
     lines.write.mode("overwrite").text(path)
+    if is_connect(spark):  # no JVM handle: rename through the file system the client sees
+        _rename_local_parts(path, prefix)
+        return
     jvm = spark.sparkContext._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path
     folder = hadoop_path(path)
@@ -523,6 +528,20 @@ def write_lines(spark: SparkSession, lines: DataFrame, path: str, prefix: str) -
     for status in fs.globStatus(hadoop_path(folder, "part-*")) or []:
         index = int(status.getPath().getName().split("-")[1])
         fs.rename(status.getPath(), hadoop_path(folder, f"{prefix}-{index:05d}.jsonl"))
+
+
+def _rename_local_parts(path: str, prefix: str) -> None:
+    """``write_lines``'s renames for a local or mounted folder (a Spark Connect client)."""
+    folder = path[len("file:"):] if path.startswith("file:") else path
+    if "://" in folder:
+        raise ValueError(f"generate on Spark Connect writes local or mounted folders only, not {path}")
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("part-"):
+            index = int(name.split("-")[1])
+            os.rename(os.path.join(folder, name), os.path.join(folder, f"{prefix}-{index:05d}.jsonl"))
+            checksum = os.path.join(folder, f".{name}.crc")
+            if os.path.exists(checksum):
+                os.remove(checksum)
 
 
 def expected_counts(plan: GenerationPlan) -> dict:

@@ -42,6 +42,7 @@ from recsys_spark.models.sequence import (
     check_model_folder,
 )
 from recsys_spark.core.context import StageContext, new_run_id
+from recsys_spark.core.session import require_classic
 from recsys_spark.core.schemas import (
     EXAMPLE_HISTORY,
     EXAMPLE_TARGET,
@@ -216,7 +217,11 @@ def _best(values: "list[float]", index: int) -> Optional[float]:
 
 # ---- the stage -------------------------------------------------------------------------
 def run(ctx: StageContext) -> dict:
-    """Train the sequence model on gold/user_sequences and publish ``<models_dir>/<version>``."""
+    """Train the sequence model on gold/user_sequences and publish ``<models_dir>/<version>``.
+
+    Needs classic Spark (the vocabulary's ``zipWithIndex``, the barrier tasks and Horovod's
+    launch): a Spark Connect session fails here, before any work, naming the compute to use."""
+    require_classic(ctx.spark, "stage train")
     sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
     require_columns(sequences, [USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS], "train: gold/user_sequences")
     sequences = sequences.select(USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS).cache()

@@ -13,14 +13,19 @@ FIXTURES = REPO / "tests" / "fixtures"
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 
-def small_config(warehouse: Path, *overrides: str) -> Config:
-    """The local profile with a private warehouse and small-test settings."""
-    base = [
+def small_overrides(warehouse: Path, *overrides: str) -> list:
+    """The overrides of :func:`small_config` (for a process that loads the config itself)."""
+    return [
         f"warehouse={warehouse}",
         "spark.master=local[2]",
         "spark.shuffle_partitions=2",
         "spark.driver_memory=2g",
         # Delta replays its log with 50 tasks by default: far too many for tiny test tables.
         "spark.conf.spark.databricks.delta.snapshotPartitions=2",
+        *overrides,
     ]
-    return load_config("local", base + list(overrides))
+
+
+def small_config(warehouse: Path, *overrides: str) -> Config:
+    """The local profile with a private warehouse and small-test settings."""
+    return load_config("local", small_overrides(warehouse, *overrides))

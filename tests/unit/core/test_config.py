@@ -69,3 +69,12 @@ def test_yaml_is_never_executed(tmp_path):
     evil.write_text("warehouse: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(evil))
+
+
+def test_spark_remote_takes_a_local_master_or_a_connect_url():
+    assert load_config("local").spark.remote is None
+    assert load_config("local", ["spark.remote=local[2]"]).spark.remote == "local[2]"
+    assert load_config("local", ["spark.remote=sc://spark-host:15002"]).spark.remote == "sc://spark-host:15002"
+    for bad in ("spark://master:7077", "yarn", "local[two]"):
+        with pytest.raises(ConfigError, match=r"'spark.remote': must be local\[N\] .* or sc://host:port; got"):
+            load_config("local", [f"spark.remote={bad}"])

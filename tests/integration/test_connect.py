@@ -1,0 +1,159 @@
+"""The data stages on Spark Connect write the same tables as on classic Spark; training refuses Connect.
+
+One classic run (the tests' ``spark`` session, in this process) of ingest -> features -> encode ->
+interests -> train -> retrieve -> score -> evaluate on the tiny MovieLens fixture, then one Spark
+Connect run of the data stages (everything but train) in a child process, on its own warehouse,
+reusing the classic run's model folder (training is classic by design). Every table the classic
+run wrote must exist after the Connect run with the same rows (wall-clock columns left out, floats
+compared with a tolerance) and at the same Delta version.
+
+Why a child process (tests/support/connect_run.py): ``SparkSession.builder.remote("local[2]")``
+starts the Connect server as a classic SparkContext inside the calling process, and pyspark
+refuses that where a classic session already runs (SESSION_OR_CONTEXT_EXISTS), which the session
+fixture does here. The child also puts the Connect client's packages (protobuf 6, grpcio-status,
+googleapis-common-protos, zstandard; ``.ci/install`` step 5) first on its path: TensorFlow 2.15
+pins protobuf below 5, so they cannot live in the shared site-packages.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recsys_spark import pipeline
+from recsys_spark.core import schemas
+from recsys_spark.core.context import make_context
+from recsys_spark.core.lakehouse import Lakehouse
+from recsys_spark.core.schemas import COMPUTED_AT, ENCODED_AT, GENERATED_AT, INGESTED_AT
+from recsys_spark.core.session import default_parallelism, is_connect
+from tests.support import FIXTURES, REPO, small_config, small_overrides
+
+DATA_STAGES = ("ingest", "features", "encode", "interests", "retrieve", "score", "evaluate")
+RUN_ID = "connect-parity"
+TINY = (
+    f"input.events={FIXTURES / 'ml-latest-tiny'}",
+    "train.epochs=1",
+    "train.embedding_dim=8",
+    "train.lstm_units=8",
+    "train.max_len=10",
+    "train.batch_size=32",
+    "encode.batch_size=16",
+    "retrieve.k=5",
+    "retrieve.candidates=20",
+    "retrieve.recall_sample=10",
+    "evaluate.ks=[5]",
+    "evaluate.baselines=[popularity]",
+)
+# Set from the clock when a row is written: they differ between any two runs.
+WALL_CLOCK = {INGESTED_AT, ENCODED_AT, COMPUTED_AT, GENERATED_AT}
+TABLES = [value for name, value in vars(schemas).items() if name.endswith("_TABLE") and isinstance(value, schemas.TableRef)]
+# Seconds the Connect child may take (server start, seven stages, train's refusal) on a busy 2-core box.
+CHILD_TIMEOUT_S = 900
+
+
+def connect_site() -> Path:
+    """Where .ci/install put the Connect client's packages (RECSYS_CONNECT_SITE overrides)."""
+    return Path(os.environ.get("RECSYS_CONNECT_SITE") or Path(sys.prefix) / "connect-client")
+
+
+@pytest.fixture(scope="module")
+def runs(spark, tmp_path_factory):
+    """``(classic lakehouse, classic summaries, connect lakehouse, connect child's result)``."""
+    site = connect_site()
+    if not (site / "google" / "protobuf").is_dir():
+        pytest.fail(f"the Spark Connect client's packages are missing from {site}: run bash .ci/install")
+    classic_wh = tmp_path_factory.mktemp("classic") / "warehouse"
+    classic_cfg = small_config(classic_wh, *TINY)
+    ctx = make_context(spark, classic_cfg, run_id=RUN_ID)
+    started = time.perf_counter()
+    classic = {name: pipeline.run_stage(ctx, name) for name in pipeline.PIPELINE_ORDER}
+    classic_seconds = time.perf_counter() - started
+
+    connect_wh = tmp_path_factory.mktemp("connect") / "warehouse"
+    result_file = connect_wh.parent / "result.json"
+    overrides = small_overrides(connect_wh, *TINY, "spark.remote=local[2]", f"train.models_dir={classic_cfg.models_dir}")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "RECSYS_RUN_ID": RUN_ID,
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    env.pop("SPARK_REMOTE", None)
+    command = [sys.executable, "-m", "tests.support.connect_run", str(result_file), ",".join(DATA_STAGES)]
+    for value in overrides:
+        command += ["--set", value]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    assert done.returncode == 0, f"the Connect run failed:\n{done.stderr[-6000:]}"
+    connected = json.loads(result_file.read_text(encoding="utf-8"))
+    print(f"\nclassic run (8 stages, in this process): {classic_seconds:.0f} s; Connect child "
+          f"(server start + {len(DATA_STAGES)} stages + train's refusal): {connected['seconds']:.0f} s")
+    return Lakehouse(spark, classic_cfg), classic, Lakehouse(spark, small_config(connect_wh, *TINY)), connected
+
+
+def rows_of(lake: Lakehouse, table) -> list:
+    frame = lake.read(table)
+    columns = [c for c in frame.columns if c not in WALL_CLOCK]
+    rows = [tuple(row) for row in frame.select(*columns).collect()]
+    return sorted(rows, key=lambda row: repr(tuple(_key(v) for v in row)))
+
+
+def _key(value):
+    """A row's sort key: its values with floats left out (they are compared with a tolerance)."""
+    if isinstance(value, float):
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(_key(v) for v in value)
+    return value
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.slow
+def test_the_data_stages_on_connect_write_the_classic_runs_tables(runs):
+    classic_lake, classic, connect_lake, connected = runs
+    assert connected["connect"] is True
+    assert list(connected["stages"]) == list(DATA_STAGES)
+    written = [t for t in TABLES if classic_lake.exists(t)]
+    # Every stage's output tables (the pipeline writes at least these), plus what ingest keeps.
+    assert {str(t) for t in written} >= {
+        str(t) for name in DATA_STAGES for t in TABLES if str(t) in classic[name]["tables"]
+    } and len(written) >= 10
+    compared = {}
+    for table in written:
+        assert connect_lake.exists(table), f"{table}: written by the classic run, not by the Connect run"
+        assert connect_lake.version(table) == classic_lake.version(table), f"{table}: Delta versions differ"
+        expected, got = rows_of(classic_lake, table), rows_of(connect_lake, table)
+        assert len(got) == len(expected), f"{table}: {len(got)} rows on Connect, {len(expected)} on classic"
+        for want, have in zip(expected, got):
+            assert same(want, have), f"{table}: row differs\n classic: {want}\n connect: {have}"
+        compared[str(table)] = len(expected)
+    # The fixture is clean (an empty quarantine); every other table holds rows to compare.
+    assert all(compared[t] for t in compared if t != "silver/quarantine"), compared
+    for name in DATA_STAGES:
+        assert connected["stages"][name]["tables"] == classic[name]["tables"], f"stage {name}: table versions differ"
+
+
+@pytest.mark.slow
+def test_train_on_connect_fails_at_once_naming_the_compute_it_needs(runs):
+    error = runs[3]["train_error"]
+    assert error is not None, "train ran on a Spark Connect session instead of refusing it"
+    assert "\n" not in error
+    assert error.startswith("stage train needs classic Spark")
+    assert "dedicated" in error and "serverless" in error and "standard" in error
+
+
+def test_a_classic_session_is_not_connect_and_keeps_its_parallelism(spark):
+    assert not is_connect(spark)
+    assert default_parallelism(spark) == spark.sparkContext.defaultParallelism

@@ -36,7 +36,6 @@ def make_ctx(spark, tmp_path):
 HEAVIEST_FIRST = (
     "integration/test_cluster.py",
     "integration/test_notebooks.py",
-    "integration/test_connect.py",
     "unit/stages/test_train.py",
     "reliability/test_crash_mid_write.py",
     "unit/stages/test_encode.py",

@@ -11,9 +11,11 @@ import yaml
 from tests.support.cluster import write_tiny_movielens
 from tests.support import REPO, small_config
 from tests.support.tracking import assert_pipeline_tracked, assert_pyfunc_ranks_like_score
+from tests.support.connect import assert_same_tables, assert_train_refused, run_data_stages_on_connect
 
 from recsys_spark.integrations import databricks
 from recsys_spark.core.config import load_config
+from recsys_spark.core.lakehouse import Lakehouse
 from recsys_spark.pipeline import run_stage
 from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_module_name
 from recsys_spark.core.schemas import (
@@ -332,7 +334,15 @@ def notebook_lake(spark, tmp_path_factory):
     config = write_config(root / "config.yaml", root / "warehouse")
     params = notebook_params(config, movielens, "notebook-test")
     ctx = databricks.notebook_context(spark, databricks.LocalDbutils(params))
-    return {"ctx": ctx, "params": params, "counts": counts, "done": set()}
+    return {"ctx": ctx, "params": params, "counts": counts, "movielens": movielens, "done": set(), "summaries": {}}
+
+
+def _fill(notebook_lake, stages) -> None:
+    """Run through the library each of ``stages`` the module's notebooks have not run yet."""
+    for name in stages:
+        if name not in notebook_lake["done"]:
+            notebook_lake["summaries"][name] = run_stage(notebook_lake["ctx"], name)
+            notebook_lake["done"].add(name)
 
 
 def _check_outputs(ctx, stage: str, summary: dict) -> None:
@@ -358,15 +368,13 @@ def test_stage_notebook_runs_locally(path, spark, notebook_lake):
     ctx = notebook_lake["ctx"]
     earlier = [] if stage == "generate" else list(PIPELINE_ORDER[: PIPELINE_ORDER.index(stage)])
     require_stages(earlier + [stage])
-    for name in earlier:
-        if name not in notebook_lake["done"]:
-            run_stage(ctx, name)
-            notebook_lake["done"].add(name)
+    _fill(notebook_lake, earlier)
 
     result = databricks.run_notebook(path, spark, notebook_lake["params"])
     notebook_lake["done"].add(stage)
 
     summary = json.loads(result.exit_value)
+    notebook_lake["summaries"][stage] = summary
     _check_outputs(ctx, stage, summary)
     assert result.runs == [SETUP]
     assert result.skipped and all("%md" in s for s in result.skipped)
@@ -393,6 +401,33 @@ def test_stage_notebook_runs_locally(path, spark, notebook_lake):
     if stage == "generate":
         assert summary["event_lines"] == 200
         assert list(Path(summary["events_path"]).glob("events-*.jsonl")), "no event files written"
+
+
+# ---- the same tables from a Spark Connect session ----------------------------------------------
+@pytest.fixture(scope="module")
+def connect_run(notebook_lake, tmp_path_factory):
+    """The data stages on Spark Connect (a child process, tests/support/connect.py) on a fresh
+    warehouse with the stage notebooks' inputs, settings, run id and model: their tables are the
+    classic run to compare with (a classic run of its own cost as much as the Connect one).
+    Runs after the stage notebooks and before the quickstart, which writes those tables again."""
+    _fill(notebook_lake, PIPELINE_ORDER)
+    ctx = notebook_lake["ctx"]
+    warehouse = tmp_path_factory.mktemp("connect") / "warehouse"
+    overrides = (f"input.events={notebook_lake['movielens']}", *TINY_OVERRIDES)
+    connected = run_data_stages_on_connect(warehouse, ctx.run_id, ctx.cfg.models_dir, overrides)
+    return Lakehouse(ctx.spark, small_config(warehouse, *overrides)), connected
+
+
+@pytest.mark.slow
+def test_the_data_stages_on_connect_write_the_stage_notebooks_tables(notebook_lake, connect_run):
+    connect_lake, connected = connect_run
+    compared = assert_same_tables(notebook_lake["ctx"].lake, notebook_lake["summaries"], connect_lake, connected)
+    assert {str(RECOMMENDATIONS_TABLE), str(METRICS_TABLE), str(ITEM_EMBEDDINGS_TABLE)} <= set(compared)
+
+
+@pytest.mark.slow
+def test_train_on_connect_fails_at_once_naming_the_compute_it_needs(connect_run):
+    assert_train_refused(connect_run[1])
 
 
 @pytest.mark.slow

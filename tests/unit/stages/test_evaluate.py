@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import baselines, metrics
 from recsys_spark.stages import evaluate, features, retrieve, score
@@ -214,6 +215,7 @@ def write_heavy_user_inputs(ctx) -> tuple[list, list]:
     return heavy, list(sequences)
 
 
+@pytest.mark.slow
 def test_a_user_with_300_events_is_never_recommended_any_of_them(make_ctx):
     """features -> retrieve -> score, then every baseline as evaluate runs it: no list holds an
     item the user has seen, although the model's window (200 events) holds only the last 199."""
@@ -238,9 +240,15 @@ def test_a_user_with_300_events_is_never_recommended_any_of_them(make_ctx):
     seen = sequences.selectExpr("user_id", "explode(seen_items) AS item_id").cache()
 
     def seen_and_short(predictions, k):
-        """(predictions of a seen item, users with fewer than k predictions)."""
-        per_user = {r["user_id"]: r["n"] for r in predictions.groupBy("user_id").count().withColumnRenamed("count", "n").collect()}
-        return predictions.join(seen, ["user_id", "item_id"]).count(), {u for u in users if per_user.get(u, 0) < k}
+        """(predictions of a seen item, users with fewer than k predictions), in one job."""
+        flagged = predictions.select("user_id", "item_id").join(
+            seen.withColumn("_seen", F.lit(1)), ["user_id", "item_id"], "left"
+        )
+        per_user = {
+            r["user_id"]: (r["n"], r["n_seen"])
+            for r in flagged.groupBy("user_id").agg(F.count(F.lit(1)).alias("n"), F.count("_seen").alias("n_seen")).collect()
+        }
+        return sum(n_seen for _, n_seen in per_user.values()), {u for u in users if per_user.get(u, (0, 0))[0] < k}
 
     retrieve.run(ctx)
     score.run(ctx)

@@ -58,6 +58,7 @@ def leave_one_out(ratings: pd.DataFrame, seed: int) -> pd.DataFrame:
                 S.TRAIN_ITEMS: items[:tr], S.TRAIN_TS: ts[:tr], S.TRAIN_WEIGHTS: w[:tr],
                 S.VAL_ITEMS: items[tr:hist], S.TEST_ITEMS: items[hist:],
                 S.TEST_UNTIED: bool(n_test) and (len(ts) < 2 or ts[-1] > ts[-2]), S.N_EVENTS: len(items),
+                S.SEEN_ITEMS: sorted(set(items[:hist])), S.TRAIN_SEEN_ITEMS: sorted(set(items[:tr])),
             }
         )
     return pd.DataFrame(rows)

@@ -50,6 +50,13 @@ VAL_ITEMS = "val_items"
 TEST_ITEMS = "test_items"
 TEST_UNTIED = "test_untied"
 N_EVENTS = "n_events"
+# What a user has seen: every distinct item (sorted) of its events before the held-out test
+# events (all events for split=none), never cut at features.max_sequence_length. The exclusion
+# set: no stage, baseline or metric recommends one of these again. history_items stays the
+# model's bounded input window.
+SEEN_ITEMS = "seen_items"
+# The same before the validation event too (what tuning on val_items excludes).
+TRAIN_SEEN_ITEMS = "train_seen_items"
 
 # vectors
 VECTOR = "vector"
@@ -179,6 +186,8 @@ USER_SEQUENCES = T.StructType(
         T.StructField(TEST_ITEMS, T.ArrayType(T.StringType())),
         T.StructField(TEST_UNTIED, T.BooleanType()),
         T.StructField(N_EVENTS, T.LongType()),
+        T.StructField(SEEN_ITEMS, T.ArrayType(T.StringType())),
+        T.StructField(TRAIN_SEEN_ITEMS, T.ArrayType(T.StringType())),
     ]
 )
 

@@ -1,11 +1,14 @@
 """Baselines evaluated on the same split as the pipeline: popularity, ALS, item-kNN, next-item, content.
 
 Every baseline is fitted on ``histories`` (user_id, items[, weights]: each user's time-ordered
-sequence) and recommends for ``queries`` (user_id, items: the items the user has seen, in time
-order). It returns predictions (user_id, item_id, rank int 1..k), never an item of the query's
-own ``items``: the full ranking is over the items the user has not interacted with.
-For the test protocol the caller passes ``history_items`` for both (every test event is held out,
-so nothing is learned from it); for tuning it passes ``train_items`` and scores ``val_items``.
+sequence) and recommends for ``queries`` (user_id, items: the user's recent items in time order,
+what a model reads; optional seen_items: every item the user has interacted with). It returns
+predictions (user_id, item_id, rank int 1..k), never an item of the query's ``seen_items`` (its
+``items`` when the column is absent): the full ranking is over the items the user has not
+interacted with.
+For the test protocol the caller passes ``history_items`` for both and ``seen_items`` (every test
+event is held out, so nothing is learned from it); for tuning it passes ``train_items`` and
+``train_seen_items`` and scores ``val_items``.
 """
 from __future__ import annotations
 
@@ -19,7 +22,20 @@ from pyspark.sql import functions as F
 from recsys_spark.evaluation import metrics
 from recsys_spark.models import popularity as popular
 from recsys_spark.models.popularity import item_counts
-from recsys_spark.core.schemas import ITEM_ID, ITEMS, N_INTERACTIONS, QUERY_ID, RANK, SCORE, USER_ID, VECTOR, WEIGHTS, empty_items, require_columns
+from recsys_spark.core.schemas import (
+    ITEM_ID,
+    ITEMS,
+    N_INTERACTIONS,
+    QUERY_ID,
+    RANK,
+    SCORE,
+    SEEN_ITEMS,
+    USER_ID,
+    VECTOR,
+    WEIGHTS,
+    empty_items,
+    require_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +50,15 @@ def _top_k(scored: DataFrame, k: int, order: Iterable[Column]) -> DataFrame:
     )
 
 
+def seen_column(queries: DataFrame) -> str:
+    """The column of ``queries`` holding what a user must never be recommended: ``seen_items``
+    when present (the complete set), else ``items``."""
+    return SEEN_ITEMS if SEEN_ITEMS in queries.columns else ITEMS
+
+
 def _unseen(scored: DataFrame, queries: DataFrame) -> DataFrame:
-    """Drop (user_id, item_id) rows whose item is in the query user's ``items``; keeps only query users."""
-    seen = queries.select(USER_ID, F.coalesce(ITEMS, empty_items()).alias("_seen"))
+    """Drop (user_id, item_id) rows whose item the query user has seen; keeps only query users."""
+    seen = queries.select(USER_ID, F.coalesce(seen_column(queries), empty_items()).alias("_seen"))
     return scored.join(seen, USER_ID).where(~F.array_contains("_seen", F.col(ITEM_ID))).drop("_seen")
 
 
@@ -44,7 +66,7 @@ def popularity(histories: DataFrame, queries: DataFrame, k: int) -> DataFrame:
     """The most popular items (most users; ties by item id) the user has not seen
     (``recsys_spark.models.popularity.top_unseen``)."""
     require_columns(queries, (USER_ID, ITEMS), "popularity queries")
-    return popular.top_unseen(item_counts(histories), queries, k).select(USER_ID, ITEM_ID, RANK)
+    return popular.top_unseen(item_counts(histories), queries, k, seen_column(queries)).select(USER_ID, ITEM_ID, RANK)
 
 
 @dataclass(frozen=True)
@@ -61,7 +83,8 @@ def als(histories: DataFrame, queries: DataFrame, k: int, params: AlsParams) -> 
 
     Reads ``histories`` (user_id, items, weights). Users and items get integer ids from
     ``StringIndexer`` (ids are strings everywhere else). Each query user receives the top
-    ``k + longest seen list`` items of the model, seen ones are dropped, the first k kept.
+    ``k + longest seen list`` items of the model, seen ones are dropped, the first k kept (the
+    seen lists are complete, so this reaches past k by as many items as the heaviest user holds).
     Query users the model never saw get no predictions (the evaluation counts them as misses).
     """
     from pyspark.ml.feature import IndexToString, StringIndexer
@@ -93,7 +116,7 @@ def als(histories: DataFrame, queries: DataFrame, k: int, params: AlsParams) -> 
         coldStartStrategy="drop",
     ).fit(indexed)
     query_ids = users.transform(queries.select(USER_ID)).select(F.col("_u").cast("int").alias("_u"))
-    depth = k + popular.longest(queries)
+    depth = k + popular.longest(queries, seen_column(queries))
     recommended = model.recommendForUserSubset(query_ids, depth).select(
         "_u", F.posexplode("recommendations").alias("_pos", "_rec")
     )
@@ -117,8 +140,8 @@ def tune_als(
 ) -> tuple[AlsParams, list[dict]]:
     """Choose ALS params on the validation item: NDCG@k of each grid point, the best first.
 
-    ``val_targets`` (user_id, test_items, history_items, test_untied) carries the validation
-    item as its target and the training items as history (see ``evaluate``).
+    ``val_targets`` (user_id, test_items, seen_items, test_untied) carries the validation
+    item as its target and what the user had seen before it (see ``evaluate``).
     Returns the best params and every point's score (for the summary).
     """
     if not grid:
@@ -233,7 +256,9 @@ def content(
     query_vectors = user_vectors.join(queries.select(USER_ID), USER_ID).select(
         F.col(USER_ID).alias(QUERY_ID), VECTOR
     )
-    exclude = queries.select(F.col(USER_ID).alias(QUERY_ID), F.explode(F.array_distinct(ITEMS)).alias(ITEM_ID))
+    exclude = queries.select(
+        F.col(USER_ID).alias(QUERY_ID), F.explode(F.array_distinct(seen_column(queries))).alias(ITEM_ID)
+    )
     found = ExactIndex.fit(item_vectors, block_size=block_size).search(query_vectors, k, exclude)
     return found.select(F.col(QUERY_ID).alias(USER_ID), ITEM_ID, F.col(RANK).cast("int").alias(RANK))
 

@@ -28,6 +28,7 @@ from recsys_spark.core.schemas import (
     N_USERS,
     PROTOCOL,
     RANK,
+    SEEN_ITEMS,
     TEST_ITEMS,
     TEST_UNTIED,
     USER_ID,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 # Per-user columns of the evaluation frame.
 RECS = "recs"  # the user's ranked, de-duplicated, unseen items
 N_DUPLICATES = "n_duplicates"  # predictions repeating an item already ranked higher for the user
-N_SEEN = "n_seen"  # predicted items already in the user's history (removed: full ranking is over unseen items)
+N_SEEN = "n_seen"  # predicted items the user has already seen (removed: full ranking is over unseen items)
 HAS_PREDICTIONS = "has_predictions"
 TARGET_RANK = "target_rank"  # sampled protocol: 1-based rank of the held-out item among the negatives
 NEGATIVES = "negatives"
@@ -95,16 +96,17 @@ def rank_lists(predictions: DataFrame, depth: Optional[int] = None) -> DataFrame
 def evaluation_frame(lists: DataFrame, targets: DataFrame, depth: int) -> DataFrame:
     """Join each test user to the model's list.
 
-    Reads ``targets`` (user_id, test_items, history_items, test_untied) and ``lists`` (from
+    Reads ``targets`` (user_id, test_items, seen_items, test_untied) and ``lists`` (from
     ``rank_lists``, cut deeper than ``depth`` so removing seen items still leaves ``depth``).
     Writes (user_id, test_items, test_untied, recs, has_predictions, n_duplicates, n_seen):
-    history items are removed from ``recs`` (the full ranking is over unseen items), and users
-    missing from the predictions get an empty list, so they count as misses.
+    the items of ``seen_items`` (everything the user interacted with before the held-out events)
+    are removed from ``recs`` (the full ranking is over unseen items), and users missing from the
+    predictions get an empty list, so they count as misses.
     """
-    require_columns(targets, (USER_ID, TEST_ITEMS, HISTORY_ITEMS, TEST_UNTIED), "evaluation targets")
+    require_columns(targets, (USER_ID, TEST_ITEMS, SEEN_ITEMS, TEST_UNTIED), "evaluation targets")
     joined = targets.join(lists, USER_ID, "left")
     raw = F.coalesce(F.col(RECS), F.array().cast("array<string>"))
-    unseen = F.array_except(raw, F.coalesce(F.col(HISTORY_ITEMS), F.array().cast("array<string>")))
+    unseen = F.array_except(raw, F.coalesce(F.col(SEEN_ITEMS), F.array().cast("array<string>")))
     return joined.select(
         USER_ID,
         F.array_distinct(TEST_ITEMS).alias(TEST_ITEMS),
@@ -280,7 +282,7 @@ def sampled_negatives(
 ) -> DataFrame:
     """Draw ``n`` negatives per test user among the items it never interacted with.
 
-    Reads ``targets`` (user_id, history_items, test_items) and ``popularity`` (item_id,
+    Reads ``targets`` (user_id, seen_items, test_items) and ``popularity`` (item_id,
     n_interactions). Writes (user_id, negatives array<string>). ``uniform`` draws catalog items
     with equal chance; ``popularity`` draws items in proportion to n_interactions + 1. Draws are
     seeded hashes of (user, draw, seed), so a rerun picks the same negatives; each item is drawn at
@@ -291,7 +293,7 @@ def sampled_negatives(
         raise ValueError(f"evaluate: sampled_negatives must be >= 1; got {n}")
     if distribution not in SAMPLED_DISTRIBUTIONS:
         raise ValueError(f"evaluate: unknown sampled distribution {distribution!r}")
-    require_columns(targets, (USER_ID, HISTORY_ITEMS, TEST_ITEMS), "sampled targets")
+    require_columns(targets, (USER_ID, SEEN_ITEMS, TEST_ITEMS), "sampled targets")
     weight = F.lit(1) if distribution == "uniform" else F.col(N_INTERACTIONS) + 1
     # Consecutive integer intervals per item ([lo, hi)); a draw in [0, total) falls in exactly one.
     # The running sum is one ordered window over the catalog (one row per item): small next to
@@ -309,7 +311,7 @@ def sampled_negatives(
         .crossJoin(F.broadcast(total))
         .select(
             USER_ID,
-            F.concat(F.coalesce(HISTORY_ITEMS, F.array().cast("array<string>")), TEST_ITEMS).alias("_seen"),
+            F.concat(F.coalesce(SEEN_ITEMS, F.array().cast("array<string>")), TEST_ITEMS).alias("_seen"),
             F.explode(F.sequence(F.lit(1), F.lit(tries))).alias("_try"),
             "_total",
         )

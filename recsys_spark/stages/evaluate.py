@@ -1,8 +1,9 @@
 """The evaluate stage: ranking metrics for the baselines and the pipeline on one split -> gold/metrics.
 
 Reads gold/user_sequences (the leave-one-out split: ``test_items`` is the target, ``history_items``
-what every model may use and never recommends, ``test_untied`` the users whose test event is
-strictly later than all their others), silver/items (the catalog), and, when present,
+what every model may use, ``seen_items`` everything the user interacted with before the target
+(complete, not cut at features.max_sequence_length), which no model may recommend, ``test_untied``
+the users whose test event is strictly later than all their others), silver/items (the catalog), and, when present,
 gold/recommendations (model ``lstm``), gold/user_vectors + gold/item_embeddings (model ``content``).
 Ties in event time are broken by a seeded random order in the features stage
 (``features.tie_break_seed``), so "the last event" never encodes item ids; the ``*_untied``
@@ -38,6 +39,7 @@ from recsys_spark.core.schemas import (
     METRICS_TABLE,
     RUN_ID,
     N_USERS,
+    SEEN_ITEMS,
     NEXT_ITEM_MODEL,
     PIPELINE_MODEL,
     POPULARITY_MODEL,
@@ -48,6 +50,7 @@ from recsys_spark.core.schemas import (
     TEST_ITEMS,
     TEST_UNTIED,
     TRAIN_ITEMS,
+    TRAIN_SEEN_ITEMS,
     TRAIN_WEIGHTS,
     USER_ID,
     USER_SEQUENCES,
@@ -68,21 +71,34 @@ HISTOGRAM_BINS = 10
 
 
 def test_targets(sequences: DataFrame) -> DataFrame:
-    """gold/user_sequences -> (user_id, test_items, history_items, test_untied) of the test users."""
-    require_columns(sequences, (USER_ID, HISTORY_ITEMS, TEST_ITEMS, TEST_UNTIED), str(USER_SEQUENCES_TABLE))
+    """gold/user_sequences -> (user_id, test_items, history_items, seen_items, test_untied) of the
+    test users: ``seen_items`` is what every model's list is cleared of."""
+    require_columns(sequences, (USER_ID, HISTORY_ITEMS, SEEN_ITEMS, TEST_ITEMS, TEST_UNTIED), str(USER_SEQUENCES_TABLE))
     return sequences.where(F.size(F.coalesce(TEST_ITEMS, F.array())) > 0).select(
-        USER_ID, TEST_ITEMS, F.coalesce(HISTORY_ITEMS, baselines.empty_items()).alias(HISTORY_ITEMS), TEST_UNTIED
+        USER_ID,
+        TEST_ITEMS,
+        F.coalesce(HISTORY_ITEMS, baselines.empty_items()).alias(HISTORY_ITEMS),
+        F.coalesce(SEEN_ITEMS, baselines.empty_items()).alias(SEEN_ITEMS),
+        TEST_UNTIED,
     )
 
 
 def validation_targets(sequences: DataFrame) -> DataFrame:
-    """The validation item as target, the training items as history (for tuning on val only)."""
+    """The validation item as target, the training items as history and what was seen before the
+    validation event as ``seen_items`` (for tuning on val only)."""
     return sequences.where(F.size(F.coalesce(VAL_ITEMS, F.array())) > 0).select(
         USER_ID,
         F.col(VAL_ITEMS).alias(TEST_ITEMS),
         F.coalesce(TRAIN_ITEMS, baselines.empty_items()).alias(HISTORY_ITEMS),
+        F.coalesce(TRAIN_SEEN_ITEMS, baselines.empty_items()).alias(SEEN_ITEMS),
         F.lit(False).alias(TEST_UNTIED),
     )
+
+
+def baseline_queries(targets: DataFrame) -> DataFrame:
+    """What the baselines recommend for: (user_id, items, seen_items). Models read the bounded
+    ``history_items`` as ``items``; what they must not recommend is the complete ``seen_items``."""
+    return targets.select(USER_ID, F.col(HISTORY_ITEMS).alias(ITEMS), SEEN_ITEMS)
 
 
 def fit_histories(sequences: DataFrame, items: str, weights: str) -> DataFrame:
@@ -139,7 +155,7 @@ def _als_predictions(ctx: StageContext, sequences: DataFrame, queries: DataFrame
     if len(points) > 1 and val.limit(1).count() > 0:
         best, scores = baselines.tune_als(
             fit_histories(sequences, TRAIN_ITEMS, TRAIN_WEIGHTS),
-            val.select(USER_ID, F.col(HISTORY_ITEMS).alias(ITEMS)),
+            baseline_queries(val),
             val,
             tune_k,
             points,
@@ -246,7 +262,7 @@ def run(ctx: StageContext) -> dict:
         negatives_short = n_test - negatives.where(F.size(metrics.NEGATIVES) >= cfg.sampled_negatives).count()
 
     histories = fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS)
-    queries = targets.select(USER_ID, F.col(HISTORY_ITEMS).alias(ITEMS))
+    queries = baseline_queries(targets)
     producers: dict[str, Callable[[], DataFrame]] = {
         POPULARITY_MODEL: lambda: baselines.popularity(histories, queries, depth),
         ITEM_KNN_MODEL: lambda: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),

@@ -8,10 +8,16 @@ ordering a sequence model could learn leaks into "the last event". Sequences kee
 Splits (``features.split``):
 - ``leave_one_out`` (default): last event -> ``test_items``, second-to-last -> ``val_items``, the rest
   -> ``train_items``. Users with 2 events get no validation event, users with 1 no test event.
-- ``time_cut``: events at or after ``features.time_cut`` -> ``test_items`` (distinct items, not already in
-  the history), the last event before it -> ``val_items``.
+- ``time_cut``: events at or after ``features.time_cut`` -> ``test_items`` (distinct items the user had
+  not seen before the cut), the last event before it -> ``val_items``.
 - ``none``: everything is history and training data (production scoring; nothing held out).
-``history_*`` = everything but the test events (what interests, retrieval and scoring see).
+``history_*`` = everything but the test events (what interests, retrieval and scoring see), within
+the kept window.
+
+``seen_items``: every distinct item (sorted) of the user's events before the test events (all of
+them for ``none``), including the events the window cut off: the exclusion set, never recommended
+again. ``train_seen_items``: the same before the validation event (what tuning excludes). The held-out
+items are in neither unless the user had also seen them earlier.
 """
 from __future__ import annotations
 
@@ -32,10 +38,12 @@ from recsys_spark.core.schemas import (
     ITEM_ID,
     ITEMS,
     N_EVENTS,
+    SEEN_ITEMS,
     SILVER_EVENTS_TABLE,
     TEST_ITEMS,
     TEST_UNTIED,
     TRAIN_ITEMS,
+    TRAIN_SEEN_ITEMS,
     TRAIN_TS,
     TRAIN_WEIGHTS,
     TS,
@@ -82,16 +90,21 @@ def build_sequences(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         tie.alias("tie"),
         event_weight(cfg).alias(WEIGHT),
     )
-    # Keep each user's most recent events before collecting, so a user with millions of events
-    # never becomes one huge array.
+    # Keep each user's most recent events as the sequence, so a user with millions of events
+    # never becomes one huge array; of the older events only their distinct items are kept (what
+    # the user has seen), and only those before the held-out events.
     newest_first = Window.partitionBy(USER_ID).orderBy(F.col("t_us").desc(), F.col("tie").desc())
     ranked = ranked.withColumn("_recency", F.row_number().over(newest_first)).withColumn(
         "_total", F.count(F.lit(1)).over(Window.partitionBy(USER_ID))
     )
-    kept = ranked.where(F.col("_recency") <= cfg.max_sequence_length)
-    grouped = kept.groupBy(USER_ID).agg(
-        F.array_sort(F.collect_list(F.struct("t_us", "tie", ITEM_ID, WEIGHT))).alias("ev"),
+    kept = F.col("_recency") <= cfg.max_sequence_length
+    # Cut-off events are older than every kept one, so they are never a leave-one-out hold-out;
+    # with a time cut those at or after the cut are test events (all kept ones are then too).
+    older_seen = ~kept if cfg.split != "time_cut" else ~kept & (F.col("t_us") < _cut_us(cfg))
+    grouped = ranked.groupBy(USER_ID).agg(
+        F.array_sort(F.collect_list(F.when(kept, F.struct("t_us", "tie", ITEM_ID, WEIGHT)))).alias("ev"),
         F.first("_total").alias(N_EVENTS),
+        F.collect_set(F.when(older_seen, F.col(ITEM_ID))).alias(_OLDER_SEEN),
     )
     seq = grouped.select(
         USER_ID,
@@ -100,8 +113,16 @@ def build_sequences(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         F.transform("ev", lambda e: e["t_us"]).alias("_t_us"),
         F.transform("ev", lambda e: e[WEIGHT].cast("double")).alias(WEIGHTS),
         N_EVENTS,
+        _OLDER_SEEN,
     )
-    return split_sequences(seq, cfg).drop("_t_us", "_n_hist", "_n_train")
+    return split_sequences(seq, cfg).drop("_t_us", "_n_hist", "_n_train", _OLDER_SEEN)
+
+
+_OLDER_SEEN = "_older_seen"  # distinct items of the seen events the window cut off
+
+
+def _cut_us(cfg: FeaturesConfig) -> Column:
+    return F.unix_micros(F.lit(cfg.time_cut).cast("timestamp"))
 
 
 def _slice(col: str, start: Column, length: Column) -> Column:
@@ -110,8 +131,12 @@ def _slice(col: str, start: Column, length: Column) -> Column:
 
 
 def split_sequences(seq: DataFrame, cfg: FeaturesConfig) -> DataFrame:
-    """Add history/train/val/test columns to time-ordered sequences (see the module doc)."""
+    """Add history/train/val/test and seen columns to time-ordered sequences (see the module doc).
+
+    ``seq`` holds the kept window (items, timestamps, weights, _t_us) and ``_older_seen``: the
+    distinct items of the seen events the window cut off."""
     n = F.size(ITEMS)
+    older = F.coalesce(F.col(_OLDER_SEEN), F.array().cast("array<string>"))
     if cfg.split == "none":
         n_hist, n_train = n, n
         test_items = F.array().cast("array<string>")
@@ -128,12 +153,12 @@ def split_sequences(seq: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         prev_t = F.element_at("_t_us", -2)
         untied = F.when(n >= 2, last_t > prev_t)
     else:
-        cut_us = F.unix_micros(F.lit(cfg.time_cut).cast("timestamp"))
+        cut_us = _cut_us(cfg)
         n_hist = F.size(F.filter("_t_us", lambda t: t < cut_us))
         n_val = F.when(n_hist >= 2, 1).otherwise(0)
         n_train = n_hist - n_val
-        history = _slice(ITEMS, F.lit(0), n_hist)
-        test_items = F.array_except(_slice(ITEMS, n_hist, n - n_hist), history)
+        seen = F.array_union(_slice(ITEMS, F.lit(0), n_hist), older)
+        test_items = F.array_except(_slice(ITEMS, n_hist, n - n_hist), seen)
         val_items = _slice(ITEMS, n_train, n_val)
         untied = F.when(n > n_hist, F.lit(True))
     out = seq.select(
@@ -153,6 +178,9 @@ def split_sequences(seq: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         _slice(ITEMS, zero, F.col("_n_train")).alias(TRAIN_ITEMS),
         _slice(TS_LIST, zero, F.col("_n_train")).alias(TRAIN_TS),
         _slice(WEIGHTS, zero, F.col("_n_train")).alias(TRAIN_WEIGHTS),
+        # array_union de-duplicates; sorted so the set does not depend on the event order.
+        F.array_sort(F.array_union(_slice(ITEMS, zero, F.col("_n_hist")), older)).alias(SEEN_ITEMS),
+        F.array_sort(F.array_union(_slice(ITEMS, zero, F.col("_n_train")), older)).alias(TRAIN_SEEN_ITEMS),
     )
 
 

@@ -3,7 +3,8 @@
 Reads gold/user_vectors (interest vectors) or, with ``retrieve.query`` lstm/auto and a trained
 model (the registry's ``champion``, or ``models/latest`` without a registry:
 ``recsys_spark.tracking.experiment.serving_model_dir``), the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
-gold/user_sequences (``history_items``: never retrieved again for that user).
+gold/user_sequences (``history_items``: the LSTM's input; ``seen_items``: every item the user has
+interacted with, never retrieved again for that user).
 Writes gold/candidates (``retrieve.candidates`` rows per user, CANDIDATES schema) and
 gold/similar_items (``retrieve.similar_items_k`` text-vector neighbours per item), one Delta
 commit each. The search is exact up to ``retrieve.exact_max_items`` items and IVF above (or as
@@ -42,6 +43,7 @@ from recsys_spark.core.schemas import (
     RETRIEVAL_SCORE,
     RUN_ID,
     SCORE,
+    SEEN_ITEMS,
     SIMILAR_ITEMS_TABLE,
     SOURCE_KIND,
     USER_ID,
@@ -184,8 +186,9 @@ def similar_items_frame(results: DataFrame) -> DataFrame:
 
 
 def seen_pairs(sequences: DataFrame) -> DataFrame:
-    """``(query_id, item_id)`` for every item in a user's ``history_items``."""
-    return sequences.select(F.col(USER_ID).alias(QUERY_ID), F.explode(HISTORY_ITEMS).alias(ITEM_ID))
+    """``(query_id, item_id)`` for every item in a user's ``seen_items`` (all it has interacted
+    with, not only the bounded ``history_items``)."""
+    return sequences.select(F.col(USER_ID).alias(QUERY_ID), F.explode(SEEN_ITEMS).alias(ITEM_ID))
 
 
 def measure_recall(
@@ -216,7 +219,7 @@ def run(ctx: StageContext) -> dict:
     """Write gold/candidates and gold/similar_items; return counts, timings, recall and indexes."""
     rc = ctx.cfg.retrieve
     lake = ctx.lake
-    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS)
+    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS)
     text_version = lake.version(ITEM_EMBEDDINGS_TABLE)
 
     def text_vectors() -> DataFrame:

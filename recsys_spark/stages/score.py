@@ -1,6 +1,7 @@
 """Stage ``score``: the LSTM re-ranks each user's candidates -> gold/recommendations.
 
-Reads gold/candidates, gold/user_sequences (``history_items``), gold/item_embeddings (text
+Reads gold/candidates, gold/user_sequences (``history_items``: the model's input and the reasons;
+``seen_items``: never recommended), gold/item_embeddings (text
 vectors, for the reason), silver/items (titles) and, in incremental mode, silver/events
 (``_ingested_at``). Writes gold/recommendations (RECOMMENDATIONS schema): ``score.k`` rows per
 user in one Delta commit, so readers see the previous version or the new one, never a mix, and
@@ -15,6 +16,8 @@ the previous version stays readable (``versionAsOf``) for rollback.
   to the recommended item. Users with fewer than ``score.min_history`` events or without
   candidates get popular unseen items, with reason "popular: ..."; the same items fill lists
   that have fewer than ``score.k`` scored candidates.
+- No item of a user's ``seen_items`` is recommended: candidates are filtered again (retrieve
+  excludes them already, but candidates may predate the user's newest events) and so is the fill.
 - ``score.mode=incremental`` rescores only users with events ingested after the previous scoring
   run and MERGEs their rows on (user_id, rank). The watermark (the newest ``_ingested_at`` seen)
   is stored in the Delta commit's ``userMetadata``, so it moves atomically with the rows.
@@ -52,6 +55,7 @@ from recsys_spark.core.schemas import (
     RETRIEVAL_SCORE,
     RUN_ID,
     SCORE,
+    SEEN_ITEMS,
     SILVER_EVENTS_TABLE,
     SILVER_ITEMS_TABLE,
     TITLE,
@@ -114,16 +118,27 @@ def candidate_lists(candidates: DataFrame, sequences: DataFrame) -> DataFrame:
     )
 
 
+def seen_pairs(sequences: DataFrame) -> DataFrame:
+    """``(user_id, item_id)`` for every item of each user's ``seen_items``."""
+    return sequences.select(USER_ID, F.explode(SEEN_ITEMS).alias(ITEM_ID))
+
+
 def by_retrieval(candidates: DataFrame, k: int) -> DataFrame:
-    """Without a model: the top ``k`` candidates by retrieval score (``score`` = retrieval score)."""
-    return candidates.where(F.col(RANK) <= k).select(USER_ID, ITEM_ID, F.col(RETRIEVAL_SCORE).cast("float").alias(SCORE))
+    """Without a model: the top ``k`` candidates by retrieval rank (``score`` = retrieval score);
+    the ranks may have gaps where seen candidates were dropped."""
+    order = Window.partitionBy(USER_ID).orderBy(F.col(RANK), F.col(ITEM_ID))
+    return (
+        candidates.withColumn("_by_rank", F.row_number().over(order))
+        .where(F.col("_by_rank") <= k)
+        .select(USER_ID, ITEM_ID, F.col(RETRIEVAL_SCORE).cast("float").alias(SCORE))
+    )
 
 
 def fill_with_popular(
     scored: DataFrame, users: DataFrame, all_sequences: DataFrame, catalog: DataFrame, k: int
 ) -> DataFrame:
-    """Complete every user of ``users`` (``user_id``, ``history_items``) to ``k`` rows with
-    popular items (over ``all_sequences``) they have not seen.
+    """Complete every user of ``users`` (``user_id``, ``seen_items``) to ``k`` rows with
+    popular items (over ``all_sequences``' ``history_items``) they have not seen.
 
     ``scored`` ``(user_id, item_id, score)`` comes first in its own order; returns
     ``(user_id, rank, item_id, score, _popularity)`` with ``_popularity`` null on scored rows.
@@ -133,7 +148,7 @@ def fill_with_popular(
     n_users = max(1, all_sequences.count())
     # The k most popular unseen items: k rows fill a list whatever the scored rows hold.
     counts = popularity.item_counts(all_sequences, HISTORY_ITEMS, catalog)
-    fallback = popularity.top_unseen(counts, users, k, HISTORY_ITEMS).select(
+    fallback = popularity.top_unseen(counts, users, k, SEEN_ITEMS).select(
         USER_ID, ITEM_ID, (F.col(N_INTERACTIONS) / F.lit(n_users)).cast("float").alias(SCORE),
         F.col(N_INTERACTIONS).alias(POPULARITY), (F.col(RANK) + F.lit(1_000_000)).alias(_ORDER),
     )
@@ -227,7 +242,7 @@ def run(ctx: StageContext) -> dict:
     """Write gold/recommendations (full replace or incremental merge); return counts."""
     sc = ctx.cfg.score
     lake = ctx.lake
-    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS)
+    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS)
     events = lake.read(SILVER_EVENTS_TABLE)
     # As text in the session time zone, parsed back the same way: no driver-local time zone.
     watermark_text = events.select(F.date_format(F.max(INGESTED_AT), "yyyy-MM-dd HH:mm:ss.SSSSSS")).first()[0]
@@ -258,7 +273,9 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
     sc = ctx.cfg.score
     lake = ctx.lake
     users = sequences.count()
-    candidates = lake.read(CANDIDATES_TABLE).join(sequences.select(USER_ID), USER_ID)
+    candidates = lake.read(CANDIDATES_TABLE).join(sequences.select(USER_ID), USER_ID).join(
+        seen_pairs(sequences), [USER_ID, ITEM_ID], "left_anti"
+    )
     warm = sequences.where(F.size(HISTORY_ITEMS) >= sc.min_history).select(USER_ID)
     warm_candidates = candidates.join(warm, USER_ID)
 

@@ -6,10 +6,11 @@ import math
 import pytest
 
 from recsys_spark.evaluation import baselines as B
-from recsys_spark.core.schemas import ITEM_ID, ITEMS, RANK, USER_ID, VECTOR, WEIGHTS
+from recsys_spark.core.schemas import ITEM_ID, ITEMS, RANK, SEEN_ITEMS, USER_ID, VECTOR, WEIGHTS
 
 HISTORY_SCHEMA = f"{USER_ID} string, {ITEMS} array<string>, {WEIGHTS} array<double>"
 QUERY_SCHEMA = f"{USER_ID} string, {ITEMS} array<string>"
+SEEN_QUERY_SCHEMA = f"{QUERY_SCHEMA}, {SEEN_ITEMS} array<string>"
 
 
 def lists(predictions) -> dict:
@@ -60,6 +61,23 @@ def test_item_knn_cosine_of_user_sets(spark, histories):
     assert lists(B.item_knn(histories, queries, 3, neighbours=1))["q1"] == ["b"]
 
 
+def test_seen_items_beyond_the_query_window_are_never_recommended(spark, histories):
+    # The model reads ``items`` (the recent window); ``seen_items`` also holds older items.
+    queries = spark.createDataFrame([("u4", ["a"], ["a", "b"]), ("q2", ["c"], ["a", "c"])], SEEN_QUERY_SCHEMA)
+    assert lists(B.popularity(histories, queries, 2)) == {"u4": ["c", "d"], "q2": ["b", "d"]}
+    # a -> b is excluded, so popularity fills after nothing else followed a.
+    assert lists(B.next_item(histories, queries, 3)) == {"u4": ["c", "d"], "q2": ["b", "d"]}
+    # Scored from "a" (b, d, c without the exclusion) and "c" (b, a).
+    assert lists(B.item_knn(histories, queries, 3, neighbours=10)) == {"u4": ["d", "c"], "q2": ["b"]}
+    s = math.sqrt(0.5)
+    items = spark.createDataFrame(
+        [("x", [1.0, 0.0]), ("y", [0.0, 1.0]), ("z", [s, s])], f"{ITEM_ID} string, {VECTOR} array<float>"
+    )
+    users = spark.createDataFrame([("u", [1.0, 0.0])], f"{USER_ID} string, {VECTOR} array<float>")
+    content_queries = spark.createDataFrame([("u", ["x"], ["x", "z"])], SEEN_QUERY_SCHEMA)
+    assert lists(B.content(users, items, content_queries, 2)) == {"u": ["y"]}
+
+
 @pytest.fixture
 def clustered(spark):
     """Two tastes: users u0..u7 hold items p0..p4 but one, users v0..v7 hold q0..q4 but one."""
@@ -88,7 +106,7 @@ def test_tune_als_scores_every_grid_point_and_picks_the_best(spark, clustered):
     query_df = spark.createDataFrame([(u, s) for u, s, _ in queries], QUERY_SCHEMA)
     targets = spark.createDataFrame(
         [(u, [h], s, False) for u, s, h in queries],
-        f"{USER_ID} string, test_items array<string>, history_items array<string>, test_untied boolean",
+        f"{USER_ID} string, test_items array<string>, {SEEN_ITEMS} array<string>, test_untied boolean",
     )
     grid = B.grid([1, 4], [0.05], [10.0], max_iter=8, seed=1)
     best, scores = B.tune_als(histories, query_df, targets, 1, grid)

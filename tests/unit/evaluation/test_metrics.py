@@ -8,9 +8,9 @@ import random
 import pytest
 
 from recsys_spark.evaluation import metrics as M
-from recsys_spark.core.schemas import HISTORY_ITEMS, ITEM_ID, RANK, TEST_ITEMS, TEST_UNTIED, USER_ID
+from recsys_spark.core.schemas import HISTORY_ITEMS, ITEM_ID, RANK, SEEN_ITEMS, TEST_ITEMS, TEST_UNTIED, USER_ID
 
-TARGET_SCHEMA = f"{USER_ID} string, {TEST_ITEMS} array<string>, {HISTORY_ITEMS} array<string>, {TEST_UNTIED} boolean"
+TARGET_SCHEMA = f"{USER_ID} string, {TEST_ITEMS} array<string>, {SEEN_ITEMS} array<string>, {TEST_UNTIED} boolean"
 PRED_SCHEMA = f"{USER_ID} string, {ITEM_ID} string, {RANK} int"
 
 
@@ -199,13 +199,16 @@ def test_sampled_negatives_are_unseen_distinct_and_seeded(spark, distribution):
         [(f"u{u}", ["i0", "i1"] + ([f"i{u + 2}"] if u < 5 else [])) for u in range(12)],
         f"{USER_ID} string, {HISTORY_ITEMS} array<string>",
     )
-    targets = histories.selectExpr(USER_ID, HISTORY_ITEMS, f"array('i29') as {TEST_ITEMS}")
+    # i28 was seen before the history window: never a negative either.
+    targets = histories.selectExpr(
+        USER_ID, f"array_union({HISTORY_ITEMS}, array('i28')) as {SEEN_ITEMS}", f"array('i29') as {TEST_ITEMS}"
+    )
     pop = M.item_popularity(histories, catalog)
     drawn = M.sampled_negatives(targets, pop, 8, distribution, seed=5)
     rows = {r[USER_ID]: r[M.NEGATIVES] for r in drawn.collect()}
     assert len(rows) == 12
     for user, negatives in rows.items():
         assert len(negatives) == 8 == len(set(negatives))
-        assert not {"i0", "i1", "i29"} & set(negatives)
+        assert not {"i0", "i1", "i28", "i29"} & set(negatives)
     again = {r[USER_ID]: r[M.NEGATIVES] for r in M.sampled_negatives(targets, pop, 8, distribution, seed=5).collect()}
     assert again == rows

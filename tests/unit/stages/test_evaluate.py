@@ -3,20 +3,28 @@ from __future__ import annotations
 
 import math
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
-from recsys_spark.stages import evaluate
+from recsys_spark.evaluation import baselines, metrics
+from recsys_spark.stages import evaluate, features, retrieve, score
 from recsys_spark.core.config import ConfigError
 from recsys_spark.core.context import make_context
 from recsys_spark.core.schemas import (
+    BASELINE_MODELS,
+    CANDIDATES_TABLE,
     ITEM_EMBEDDINGS,
     ITEM_EMBEDDINGS_TABLE,
     METRICS_TABLE,
     RECOMMENDATIONS,
     RECOMMENDATIONS_TABLE,
+    SILVER_EVENTS,
+    SILVER_EVENTS_TABLE,
+    SILVER_ITEMS,
+    SILVER_ITEMS_TABLE,
     USER_SEQUENCES,
     USER_SEQUENCES_TABLE,
     USER_VECTORS,
@@ -37,6 +45,7 @@ def sequence_row(user: str, history: list, test: list, untied: bool) -> tuple:
         history, stamps[: len(history)], ones[: len(history)],
         train, stamps[: len(train)], ones[: len(train)],
         history[-1:], test, untied, len(items),
+        sorted(set(history)), sorted(set(train)),
     )
 
 
@@ -166,3 +175,105 @@ def test_missing_sequences_and_bad_k_are_clear_errors(make_ctx):
         evaluate.run(make_ctx())
     with pytest.raises(ConfigError, match="evaluate.ks"):
         make_ctx("evaluate.ks=[0, 5]")
+
+
+def write_heavy_user_inputs(ctx) -> tuple[list, list]:
+    """silver/events, silver/items, item vectors and user vectors around one user with 300 events.
+
+    ``heavy`` rated h000..h298, then its test item t. Six light users rated h290..h298, then
+    h000..h009 (heavy's oldest items, which the 200-event window drops), then six x items. The h
+    items and t point the way heavy's vector does, so every model would rank heavy's old items high.
+    """
+    spark = ctx.spark
+    heavy = [f"h{i:03d}" for i in range(299)]
+    sequences = {"heavy": heavy + ["t"]}
+    for j in range(6):
+        sequences[f"o{j}"] = heavy[290:] + heavy[:10] + [f"x{n}" for n in range(j, j + 6)]
+    events = [
+        (f"{user}-{n}", user, item, "rating", NOW + timedelta(minutes=n), 4.0, None, "s", NOW)
+        for user, items in sequences.items()
+        for n, item in enumerate(items)
+    ]
+    ctx.lake.replace(spark.createDataFrame(events, SILVER_EVENTS), SILVER_EVENTS_TABLE)
+    catalog = sorted({item for items in sequences.values() for item in items})
+    ctx.lake.replace(
+        spark.createDataFrame([(i, f"Title {i}", None, None, [], [], "h", "s", NOW) for i in catalog], SILVER_ITEMS),
+        SILVER_ITEMS_TABLE,
+    )
+
+    def vector(item: str) -> list:
+        n = int(item[1:]) if item[1:].isdigit() else 0
+        wobble = 0.05 * math.sin(n + 1)
+        return [1.0, wobble, 0.0] if item[0] in "ht" else [wobble, 1.0, 0.0]
+
+    ctx.lake.replace(
+        spark.createDataFrame([(i, "h", "m", "v1", 3, vector(i), NOW, True) for i in catalog], ITEM_EMBEDDINGS),
+        ITEM_EMBEDDINGS_TABLE,
+    )
+    user_vectors = [(u, [1.0, 0.0, 0.0] if u == "heavy" else [0.0, 1.0, 0.0], len(s), "m", NOW) for u, s in sequences.items()]
+    ctx.lake.replace(spark.createDataFrame(user_vectors, USER_VECTORS), USER_VECTORS_TABLE)
+    return heavy, list(sequences)
+
+
+@pytest.mark.slow
+def test_a_user_with_300_events_is_never_recommended_any_of_them(make_ctx):
+    """features -> retrieve -> score, then every baseline as evaluate runs it: no list holds an
+    item the user has seen, although the model's window (200 events) holds only the last 199."""
+    ctx = make_ctx(
+        "retrieve.query=interests",
+        "retrieve.candidates=10",  # heavy has 12 unseen items
+        "retrieve.k=5",
+        "retrieve.recall_sample=0",
+        "retrieve.similar_items_k=1",
+        "train.models_dir=/nonexistent/models",
+        "score.k=5",
+        "evaluate.ks=[5]",
+        "evaluate.als_ranks=[2]",
+        "evaluate.als_max_iter=3",
+    )
+    heavy, users = write_heavy_user_inputs(ctx)
+    features.run(ctx)
+    sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
+    row = sequences.where("user_id = 'heavy'").first()
+    assert row["n_events"] == 300 and len(row["history_items"]) == 199
+    assert row["seen_items"] == heavy and row["test_items"] == ["t"]
+    seen = sequences.selectExpr("user_id", "explode(seen_items) AS item_id").cache()
+
+    def seen_and_short(predictions, k):
+        """(predictions of a seen item, users with fewer than k predictions), in one job."""
+        flagged = predictions.select("user_id", "item_id").join(
+            seen.withColumn("_seen", F.lit(1)), ["user_id", "item_id"], "left"
+        )
+        per_user = {
+            r["user_id"]: (r["n"], r["n_seen"])
+            for r in flagged.groupBy("user_id").agg(F.count(F.lit(1)).alias("n"), F.count("_seen").alias("n_seen")).collect()
+        }
+        return sum(n_seen for _, n_seen in per_user.values()), {u for u in users if per_user.get(u, (0, 0))[0] < k}
+
+    retrieve.run(ctx)
+    score.run(ctx)
+    assert seen_and_short(ctx.lake.read(CANDIDATES_TABLE), 10) == (0, set())
+    assert seen_and_short(ctx.lake.read(RECOMMENDATIONS_TABLE), 5) == (0, set())
+    recs = ctx.lake.read(RECOMMENDATIONS_TABLE).where("user_id = 'heavy'").orderBy("rank").collect()
+    assert recs[0]["item_id"] == "t"  # the held-out item is not in the exclusion set
+
+    # The baselines as evaluate runs them, on the test split: top-K lists of unseen items.
+    targets = evaluate.test_targets(sequences)
+    queries = evaluate.baseline_queries(targets)
+    histories = evaluate.fit_histories(sequences, "history_items", "history_weights")
+    k = 5
+    predictions = {
+        "popularity": baselines.popularity(histories, queries, k),
+        "item_knn": baselines.item_knn(histories, queries, k, ctx.cfg.evaluate.knn_neighbours),
+        "next_item": baselines.next_item(histories, queries, k),
+        "content": evaluate._content_predictions(ctx, queries, k),
+        "als": evaluate._als_predictions(ctx, sequences, queries, k, k)[0],
+    }
+    assert sorted(predictions) == sorted(BASELINE_MODELS)
+    for model, frame in predictions.items():
+        assert seen_and_short(frame, k) == (0, set()), model
+    # ... and the evaluation filter keeps the held-out item: heavy's content hit counts.
+    frame = metrics.evaluation_frame(metrics.rank_lists(predictions["content"]), targets, k)
+    heavy_row = frame.where("user_id = 'heavy'").first()
+    assert heavy_row["recs"][0] == "t" and heavy_row["n_seen"] == 0
+    seen.unpersist()

@@ -53,6 +53,8 @@ def test_leave_one_out_split(spark):
     assert two["test_items"] == ["i2"] and two["val_items"] == [] and two["train_items"] == ["i1"]
     one = seq["one"]
     assert one["test_items"] == [] and one["history_items"] == ["i9"] and one["test_untied"] is None
+    assert u["seen_items"] == ["i1", "i2", "i3"] and u["train_seen_items"] == ["i1", "i2"]
+    assert two["seen_items"] == two["train_seen_items"] == ["i1"] and one["seen_items"] == ["i9"]
 
 
 def test_ties_are_broken_by_seeded_random_order_not_item_id(spark):
@@ -97,6 +99,8 @@ def test_time_cut_and_none_splits(spark):
     none = _by_user(build_sequences(events, _features("features.split=none")))["u"]
     assert none["history_items"] == none["train_items"] == ["a", "b", "c", "d", "a", "e"]
     assert none["test_items"] == [] and none["val_items"] == []
+    assert none["seen_items"] == ["a", "b", "c", "d", "e"]
+    assert cutseq["seen_items"] == ["a", "b", "c"] and cutseq["train_seen_items"] == ["a", "b"]
 
 
 def test_time_cut_requires_a_cut():
@@ -104,3 +108,29 @@ def test_time_cut_requires_a_cut():
 
     with pytest.raises(ConfigError, match="features.time_cut"):
         _features("features.split=time_cut")
+
+
+def test_seen_items_hold_every_event_before_the_held_out_ones_beyond_the_window(spark):
+    # 300 events: s0..s289, then s0..s7 again, then the validation item v and the test item t.
+    items = [f"s{i}" for i in range(290)] + [f"s{i}" for i in range(8)] + ["v", "t"]
+    rows = [(f"e{i}", "u", item, "view", BASE + i, None) for i, item in enumerate(items)]
+    events = _events(spark, rows)
+    seen_before_val = sorted({f"s{i}" for i in range(290)})
+
+    u = _by_user(build_sequences(events, _features()))["u"]
+    assert u["n_events"] == 300 and len(u["items"]) == 200  # the window stays bounded
+    assert len(u["history_items"]) == 199 and u["history_items"][0] == "s100"
+    assert u["test_items"] == ["t"] and u["val_items"] == ["v"]
+    assert u["seen_items"] == sorted(seen_before_val + ["v"])  # distinct, sorted, complete
+    assert u["train_seen_items"] == seen_before_val  # the validation item is held out there
+
+    none = _by_user(build_sequences(events, _features("features.split=none")))["u"]
+    assert none["seen_items"] == none["train_seen_items"] == sorted(seen_before_val + ["v", "t"])
+
+    # A time cut before t; s50 again after it: seen before the window, so not a test target.
+    cut = datetime.fromtimestamp(BASE + 299, tz=timezone.utc).isoformat()
+    later = _events(spark, rows + [("late", "u", "s50", "view", BASE + 400, None)])
+    cutseq = _by_user(build_sequences(later, _features("features.split=time_cut", f"features.time_cut={cut}")))["u"]
+    assert cutseq["test_items"] == ["t"] and cutseq["val_items"] == ["v"]
+    assert cutseq["seen_items"] == sorted(seen_before_val + ["v"])
+    assert cutseq["train_seen_items"] == seen_before_val

@@ -39,7 +39,8 @@ EMBEDDINGS = [
 
 def _sequence(user_id, items, timestamps, weights):
     # Only history_* matters here; the other columns carry the same lists.
-    return (user_id, items, timestamps, weights, items, timestamps, weights, items, timestamps, weights, [], [], False, len(items))
+    return (user_id, items, timestamps, weights, items, timestamps, weights, items, timestamps, weights, [], [], False, len(items),
+            sorted(set(items)), sorted(set(items)))
 
 
 SEQUENCES = [

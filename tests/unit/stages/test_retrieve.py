@@ -45,7 +45,8 @@ def write_inputs(ctx, n_items=60, n_users=24, dim=8, bad_item=False, bad_user=Fa
     for u in range(n_users):
         history = [item_ids[j] for j in rng.choice(n_items, 4, replace=False)]
         seq_rows.append((f"u{u:02d}", history, [1, 2, 3, 4], [1.0] * 4, history, [1, 2, 3, 4], [1.0] * 4,
-                         history[:-1], [1, 2, 3], [1.0] * 3, history[-1:], [], False, 4))
+                         history[:-1], [1, 2, 3], [1.0] * 3, history[-1:], [], False, 4,
+                         sorted(history), sorted(history[:-1])))
         vector = normalize_rows(items[[item_ids.index(h) for h in history]].mean(axis=0, keepdims=True))[0]
         vec_rows.append((f"u{u:02d}", [float(x) for x in vector], 4, "interests", NOW))
     if bad_user:

@@ -48,7 +48,8 @@ CANDIDATE_LISTS = {"u1": ["e", "f", "g"], "u2": ["e", "h"], "u3": ["f", "g"]}
 def seq_row(user, history):
     n = len(history)
     ts = list(range(n))
-    return (user, history, ts, [1.0] * n, history, ts, [1.0] * n, history, ts, [1.0] * n, [], [], False, n)
+    seen = sorted(set(history))
+    return (user, history, ts, [1.0] * n, history, ts, [1.0] * n, history, ts, [1.0] * n, [], [], False, n, seen, seen)
 
 
 def write_inputs(ctx, histories=HISTORIES, candidate_lists=CANDIDATE_LISTS, ingested=T0):

@@ -39,6 +39,7 @@ def sequence_row(user: str, items: list, val: list, test: list) -> tuple:
         history, ts[: len(history)], w[: len(history)],
         train_items, ts[: len(train_items)], w[: len(train_items)],
         val, test, True, len(items),
+        sorted(set(history)), sorted(set(train_items)),
     )
 
 

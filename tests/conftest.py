@@ -30,25 +30,28 @@ def make_ctx(spark, tmp_path):
     return _make
 
 
-# The files that take minutes, heaviest first (measured: `pytest --durations=70`). With
+# The files that take minutes, heaviest first (measured: `bash .ci/run --durations=40`, 2026-12-02). With
 # `--dist loadfile` workers take files in collection order, so these start first and the short
 # files fill the gaps instead of one long file running alone at the end.
 HEAVIEST_FIRST = (
-    "integration/test_cluster.py",
     "integration/test_notebooks.py",
-    "unit/stages/test_train.py",
+    "integration/test_cluster.py",
     "reliability/test_crash_mid_write.py",
+    "reliability/test_idempotency.py",
+    "unit/stages/test_evaluate.py",
+    "unit/stages/test_train.py",
+    "unit/stages/test_ingest.py",
+    "unit/stages/test_score.py",
+    "reliability/test_resource_limits.py",
+    "integration/test_cli.py",
     "unit/stages/test_encode.py",
+    "unit/stages/test_retrieve.py",
     "reliability/test_config_safety.py",
     "integration/test_jobs.py",
-    "unit/stages/test_ingest.py",
-    "unit/stages/test_evaluate.py",
-    "integration/test_cli.py",
-    "unit/stages/test_retrieve.py",
-    "reliability/test_idempotency.py",
+    "unit/search/test_index.py",
+    "reliability/test_concurrent_readers.py",
+    "reliability/test_fuzzed_input.py",
     "unit/stages/test_generate.py",
-    "reliability/test_resource_limits.py",
-    "unit/stages/test_score.py",
 )
 
 

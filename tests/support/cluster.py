@@ -152,15 +152,19 @@ class StandaloneCluster:
                  "--webui-port", str(free_port()), "--work-dir", str(worker_dir)],
             )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if self.state().get("aliveworkers", 0) >= self.workers:
-                    log.info("cluster %s up with %d workers", self.master_url, self.workers)
-                    return self
-            except (OSError, ValueError):
-                pass  # the master's web UI is not listening yet, or answers before its page is ready
-            time.sleep(1.0)
+        try:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    if self.state().get("aliveworkers", 0) >= self.workers:
+                        log.info("cluster %s up with %d workers", self.master_url, self.workers)
+                        return self
+                except (OSError, ValueError):
+                    pass  # the master's web UI is not listening yet, or answers before its page is ready
+                time.sleep(1.0)
+        except BaseException:
+            self.stop()  # never leave the daemons running when start fails
+            raise
         self.stop()
         raise TimeoutError(f"standalone cluster not up after {timeout:.0f}s; logs in {self.workdir}")
 

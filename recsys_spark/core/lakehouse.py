@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterator, Mapping, Optional, Sequence
+from urllib.parse import urlparse
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
@@ -134,7 +136,12 @@ class Lakehouse:
         """``table`` as SQL names it: the qualified name, or ``delta.`<path>```."""
         if self.catalog_mode:
             return self.location(table)
-        return "delta.`" + self.location(table).replace("`", "``") + "`"
+        path = self.location(table)
+        if not urlparse(path).scheme and not os.path.isabs(path):
+            # Delta's SQL takes a path only when it is absolute (the default warehouse is
+            # ./warehouse): `delta`.`./warehouse/...` would be looked up as a table name.
+            path = os.path.abspath(path)
+        return "delta.`" + path.replace("`", "``") + "`"
 
     # ---- reading -----------------------------------------------------------------
     # Delta's Python ``DeltaTable`` needs Delta's own Spark Connect plugin on a Connect server,

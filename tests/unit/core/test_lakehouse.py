@@ -1,6 +1,7 @@
 """The lakehouse's writes: one conform, a WriteResult per write, commit metadata, history, catalog mode."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -169,3 +170,20 @@ def test_catalog_mode_writes_and_reads_back(make_ctx, tmp_path):
         assert [c.version for c in history] == [3, 2, 1, 0] and history[-1].metadata == {"run_id": "c1"}
     finally:
         spark.sql(f"DROP SCHEMA IF EXISTS spark_catalog.{schema} CASCADE")
+
+
+def test_a_relative_warehouse_works_for_merge_and_history(make_ctx, tmp_path):
+    """The embedded default is ``warehouse: ./warehouse``; Delta's SQL (MERGE INTO, DESCRIBE
+    HISTORY) takes a path only when it is absolute, so a relative one must be resolved. (Relative
+    to this process's directory, which the JVM shares: a chdir here would not move the JVM.)"""
+    relative = os.path.relpath(tmp_path / "relative-warehouse")
+    assert not os.path.isabs(relative)
+    ctx = make_ctx(warehouse=relative)
+    lake, spark = ctx.lake, ctx.spark
+    assert not lake.exists(TABLE) and lake.version(TABLE) is None
+    first = lake.merge(frame(spark, [("a", 1, "x")]), TABLE, ["key"])
+    second = lake.merge(frame(spark, [("a", 2, "y"), ("b", 3, "z")]), TABLE, ["key"])
+    assert second.version == first.version + 1 and second.metric("numTargetRowsInserted") == 1
+    assert [c.version for c in lake.history(TABLE, 2)] == [second.version, first.version]
+    assert content(lake) == [("a", 2, "y"), ("b", 3, "z")]
+    assert (tmp_path / "relative-warehouse" / TABLE.layer / TABLE.name / "_delta_log").is_dir()

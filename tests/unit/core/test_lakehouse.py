@@ -62,7 +62,7 @@ def test_writes_to_a_missing_table_create_it_from_its_schema(make_ctx):
     merged = lake.merge(frame(spark, [("a", 1, "x")]), TABLE, ["key"])
     # Created empty with the table's schema, then one MERGE: the result holds MERGE metrics.
     assert (merged.version, merged.operation, merged.metric("numTargetRowsInserted")) == (1, "MERGE", 1)
-    assert [c.operation for c in lake.history(TABLE, 5)] == ["MERGE", "WRITE"]
+    assert [c.operation for c in lake.history(TABLE, 5)] == ["MERGE", "CREATE TABLE"]
     assert lake.read(TABLE, version=0).count() == 0 and lake.read(TABLE).columns == ROWS.fieldNames()
 
     other = TableRef("gold", "lake_test_where", ROWS)
@@ -187,3 +187,33 @@ def test_a_relative_warehouse_works_for_merge_and_history(make_ctx, tmp_path):
     assert [c.version for c in lake.history(TABLE, 2)] == [second.version, first.version]
     assert content(lake) == [("a", 2, "y"), ("b", 3, "z")]
     assert (tmp_path / "relative-warehouse" / TABLE.layer / TABLE.name / "_delta_log").is_dir()
+
+
+def test_the_log_fast_path_answers_as_sql_does(make_ctx, tmp_path, monkeypatch):
+    """On a classic session in path mode ``version``, ``exists`` and ``history`` read Delta's log
+    object (a listing and one small file per commit) instead of planning DESCRIBE HISTORY; the
+    answers must be SQL's, to the commit's timestamp, also for what is not a Delta table."""
+    ctx = make_ctx()
+    lake, spark = ctx.lake, ctx.spark
+    lake.replace(frame(spark, [("a", 1, "x")]), TABLE, metadata={"run_id": "f1"})
+    lake.merge(frame(spark, [("a", 2, "y"), ("b", 3, "z")]), TABLE, ["key"])
+    lake.append(frame(spark, [("c", 4, None)]), TABLE)
+    missing = TableRef("gold", "never_written", ROWS)
+    plain = TableRef("gold", "plain_parquet", ROWS)
+    frame(spark, [("p", 1, "q")]).write.parquet(lake.location(plain))
+    assert lake._delta_log(TABLE) is not None, "no fast path on a classic session in path mode"
+
+    def answers():
+        return (
+            [lake.version(t) for t in (TABLE, missing, plain)],
+            [lake.exists(t) for t in (TABLE, missing, plain)],
+            lake.history(TABLE, 10),
+            lake.history(TABLE, 1),
+        )
+
+    fast = answers()
+    monkeypatch.setattr(lake, "_delta_log", lambda table: None)
+    assert answers() == fast
+    assert fast[0] == [2, None, None] and fast[1] == [True, False, False]
+    assert [(c.version, c.operation) for c in fast[2]] == [(2, "WRITE"), (1, "MERGE"), (0, "WRITE")]
+    assert fast[2][1].operationMetrics["numTargetRowsInserted"] == 1 and fast[2][2].metadata == {"run_id": "f1"}

@@ -19,9 +19,12 @@ from tests.unit.search.helpers import brute_force
 def test_topk_matches_brute_force_with_ties_over_many_blocks():
     rng = np.random.default_rng(1)
     items = normalize_rows(rng.normal(size=(900, 8)))
-    items[[10, 400, 899]] = items[5]  # exact ties: the smaller index must win
+    # Exact ties: the smaller index must win. The tied vector's products are exact in float32
+    # (halves and zeros), so no BLAS kernel's order of summation can split the tie.
+    tied = np.array([0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0], dtype=items.dtype)
+    items[[5, 10, 400, 899]] = tied
     queries = normalize_rows(rng.normal(size=(50, 8)))
-    queries[0] = items[5]
+    queries[0] = tied
     index, values = numpy_exact_search(queries, items, 6, block_size=64)
     np.testing.assert_array_equal(index, brute_force(queries, items, 6))
     assert list(index[0][:4]) == [5, 10, 400, 899]

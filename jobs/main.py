@@ -20,7 +20,7 @@ except ModuleNotFoundError:
 
 from recsys_spark.cli import build_parser, main  # noqa: E402
 
-HELP_FLAGS = ("-h", "--help")
+HELP_FLAGS = ("-h", "--help", "--version")  # what the CLI answers without a command
 
 
 def entry(argv: list) -> int:

@@ -8,6 +8,7 @@ run per stage; a tracking failure is a warning and never fails a stage.
 from __future__ import annotations
 
 import time
+from typing import Callable, Optional, Sequence
 
 from recsys_spark.core.context import StageContext, StageUnavailable, make_context, new_run_id  # noqa: F401
 from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_function  # noqa: F401
@@ -36,13 +37,47 @@ def run_stage(ctx: StageContext, name: str) -> dict:
     return result
 
 
-def run_all(ctx: StageContext, stages: tuple = PIPELINE_ORDER) -> dict:
-    """Every stage in order; the summary holds each stage's summary and the timings."""
+class StageSelectionError(ValueError):
+    """A ``--from``/``--only`` that names no stage of the pipeline, or both at once."""
+
+
+def select_stages(start: Optional[str] = None, only: Optional[Sequence[str]] = None) -> tuple:
+    """The stages of ``PIPELINE_ORDER`` a run takes: all of them; from ``start`` on; or only
+    those named in ``only`` (in pipeline order, whatever order they are given in, since each
+    stage reads what the ones before it wrote). An unknown name is an error listing the stages."""
+    if start is not None and only is not None:
+        raise StageSelectionError("give either a first stage (--from) or a list of stages (--only), not both")
+    names = [start] if start is not None else list(only or ())
+    names = [n.strip() for n in names]
+    unknown = [n for n in names if n not in PIPELINE_ORDER]
+    listed = f"the pipeline's stages: {', '.join(PIPELINE_ORDER)}"
+    if unknown:
+        raise StageSelectionError(f"unknown stage {', '.join(repr(n) for n in unknown)}; {listed}")
+    if only is not None and not names:
+        raise StageSelectionError(f"no stage given; {listed}")
+    if start is not None:
+        return PIPELINE_ORDER[PIPELINE_ORDER.index(start.strip()):]
+    if only is not None:
+        return tuple(n for n in PIPELINE_ORDER if n in names)
+    return PIPELINE_ORDER
+
+
+def run_all(
+    ctx: StageContext,
+    stages: tuple = PIPELINE_ORDER,
+    on_stage: Optional[Callable[[dict], None]] = None,
+) -> dict:
+    """Every stage in order; the summary holds each stage's summary and the timings.
+
+    ``on_stage``, when given, gets each stage's summary as soon as that stage ends (the CLI
+    prints it as a JSON line); without it nothing is printed, as a notebook wants."""
     started = time.perf_counter()
     tracker = tracker_for(ctx)
     with tracker.pipeline():
         for name in stages:
-            run_stage(ctx, name)
+            result = run_stage(ctx, name)
+            if on_stage is not None:
+                on_stage(result)
         timings = {name: ctx.results[name]["seconds"] for name in stages}
         summary = {
             "stage": "run",

@@ -574,3 +574,36 @@ def load_config(path: Optional[str] = None, overrides: "list[str] | tuple[str, .
 def config_from_dict(data: dict) -> Config:
     """Build and validate a Config from plain data (what YAML gives)."""
     return _build(Config, data, "")
+
+
+# ---- secrets: what never leaves in a shown or written config --------------------------
+# Shared by everything that shows a config to a person (the run report, ``recsys-spark config
+# show``), so both mask the same keys.
+REDACTED = "***"
+# Config keys whose values may hold credentials (Spark/Hadoop settings such as fs.s3a.secret.key).
+SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access[._-]?key|private[._-]?key)", re.IGNORECASE)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """The config as plain data with every value under a secret-looking key replaced by ***."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if SECRET_KEY.search(key) and value not in (None, ""):
+        return REDACTED
+    return value
+
+
+def secret_values(cfg: Config) -> list[str]:
+    """Secret values that live outside the config and must never be shown: the pseudonymisation
+    key (only in the environment variable ``privacy.key_env``, looked up solely to be masked)."""
+    value = os.environ.get(cfg.privacy.key_env, "")
+    return [value] if len(value) >= 4 else []
+
+
+def scrub(text: str, secrets: "list[str] | tuple[str, ...]") -> str:
+    """Last line of defence: no secret value appears anywhere in ``text``."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text

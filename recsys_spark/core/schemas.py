@@ -297,6 +297,23 @@ CANDIDATES_TABLE = TableRef("gold", "candidates", CANDIDATES)
 RECOMMENDATIONS_TABLE = TableRef("gold", "recommendations", RECOMMENDATIONS)
 SIMILAR_ITEMS_TABLE = TableRef("gold", "similar_items", SIMILAR_ITEMS)
 METRICS_TABLE = TableRef("gold", "metrics", METRICS)
+# Every table of the warehouse, in the order data flows through them (what `recsys-spark tables`
+# lists and the run report versions). A new TableRef belongs here too; a test checks it.
+TABLES = (
+    BRONZE_EVENTS_TABLE,
+    INGESTED_FILES_TABLE,
+    SILVER_EVENTS_TABLE,
+    QUARANTINE_TABLE,
+    SILVER_ITEMS_TABLE,
+    USER_SEQUENCES_TABLE,
+    ITEM_EMBEDDINGS_TABLE,
+    USER_VECTORS_TABLE,
+    CANDIDATES_TABLE,
+    SIMILAR_ITEMS_TABLE,
+    RECOMMENDATIONS_TABLE,
+    METRICS_TABLE,
+)
+
 
 def empty_items() -> Column:
     """An empty array<string> (what a missing item list counts as)."""

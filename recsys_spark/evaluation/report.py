@@ -13,52 +13,24 @@ import html
 import io
 import json
 import logging
-import os
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from recsys_spark.core import schemas
+# The masking lives with the config (recsys-spark config show masks the same keys); redact,
+# REDACTED and SECRET_KEY stay importable from here.
+from recsys_spark.core.config import REDACTED, SECRET_KEY, redact, scrub, secret_values  # noqa: F401
 from recsys_spark.core.context import StageContext
 
 log = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ("ndcg", "recall", "hit_rate", "mrr", "coverage", "novelty", "pop_percentile")
-REDACTED = "***"
-# Config keys whose values may hold credentials (Spark/Hadoop settings such as fs.s3a.secret.key).
-SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access[._-]?key|private[._-]?key)", re.IGNORECASE)
-
-
-def redact(value: Any, key: str = "") -> Any:
-    """The config as plain data with every value under a secret-looking key replaced by ***."""
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, key) for v in value]
-    if SECRET_KEY.search(key) and value not in (None, ""):
-        return REDACTED
-    return value
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    """Last line of defence: no secret value appears anywhere in the written text."""
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def _secret_values(ctx: StageContext) -> list[str]:
-    # The pseudonymisation key lives only in this environment variable; its value is looked up
-    # solely to make sure it is never written.
-    value = os.environ.get(ctx.cfg.privacy.key_env, "")
-    return [value] if len(value) >= 4 else []
 
 
 def table_versions(ctx: StageContext) -> dict[str, Any]:
     """{"layer/name": latest Delta version or None} for every table the project defines."""
-    refs = [v for v in vars(schemas).values() if isinstance(v, schemas.TableRef)]
-    return {str(ref): ctx.lake.version(ref) for ref in sorted(refs, key=str)}
+    return {str(ref): ctx.lake.version(ref) for ref in sorted(schemas.TABLES, key=str)}
 
 
 def stage_timings(ctx: StageContext, evaluate_seconds: float) -> dict[str, float]:
@@ -226,7 +198,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     images = plots(rows, summary["models"], summary["ks"], report_k, histograms)
     sections = _sections(ctx, summary, rows, report_k, evaluate_seconds)
-    secrets = _secret_values(ctx)
+    secrets = secret_values(ctx.cfg)
     title = f"recsys-spark run {ctx.run_id}"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     captions = {
@@ -269,7 +241,7 @@ def write_report(
 
     md_path = out_dir / "report.md"
     html_path = out_dir / "report.html"
-    md_path.write_text(_scrub("\n".join(md), secrets), encoding="utf-8")
-    html_path.write_text(_scrub("\n".join(page), secrets), encoding="utf-8")
+    md_path.write_text(scrub("\n".join(md), secrets), encoding="utf-8")
+    html_path.write_text(scrub("\n".join(page), secrets), encoding="utf-8")
     log.info("report written to %s", html_path)
     return {"markdown": str(md_path), "html": str(html_path)}

@@ -196,16 +196,15 @@ class Lakehouse:
 
     def _log_commits(self, delta_log, latest: int, limit: int) -> Optional[list]:
         """The newest ``limit`` commits read from their commit files, newest first; None when a
-        file is gone (log cleanup) or holds no commit info, so that SQL answers instead."""
+        file holds no commit info (a file gone raises), so that SQL answers instead."""
         jvm = self.spark._jvm
         delta = jvm.org.apache.spark.sql.delta
         conf = delta_log.newDeltaHadoopConf()
         commits = []
         for version in range(latest, max(-1, latest - limit), -1):
             path = delta.util.FileNames.unsafeDeltaFile(delta_log.logPath(), version)
-            fs = path.getFileSystem(conf)
-            if not fs.exists(path):
-                return None
+            # One status call: a file gone (log cleanup) raises, and SQL answers instead.
+            modified = path.getFileSystem(conf).getFileStatus(path).getModificationTime()
             info = delta.DeltaHistoryManager.getCommitInfoOpt(delta_log.store(), path, conf)
             if info.isEmpty():
                 return None
@@ -216,7 +215,7 @@ class Lakehouse:
                 Commit(
                     version=version,
                     # DESCRIBE HISTORY's timestamp: the commit file's modification time.
-                    timestamp=datetime.fromtimestamp(fs.getFileStatus(path).getModificationTime() / 1000.0),
+                    timestamp=datetime.fromtimestamp(modified / 1000.0),
                     operation=info.operation(),
                     operationMetrics=_int_metrics(
                         dict(jvm.scala.jdk.javaapi.CollectionConverters.asJava(metrics.get()))

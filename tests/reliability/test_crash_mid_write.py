@@ -51,7 +51,7 @@ def batches(spark, tmp_path_factory):
     (big enough that a write of it is still in flight when the watcher sees its first file).
     Tests copy the event files they need and never change these."""
     root = tmp_path_factory.mktemp("crash-batches")
-    return {"a": batch(spark, root / "a", seed=1, events=20_000), "b": batch(spark, root / "b", seed=2, events=200_000)}
+    return {"a": batch(spark, root / "a", seed=1, events=20_000), "b": batch(spark, root / "b", seed=2, events=60_000)}
 
 
 def copy_events(generated: dict, into: Path, prefix: str) -> None:

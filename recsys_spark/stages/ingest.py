@@ -234,10 +234,11 @@ def _new_files(ctx: StageContext, files: list[sources.InputFile], kind: str) -> 
     return [f for f in files if (f.path, f.size, f.modified) not in seen]
 
 
-def _record_files(ctx: StageContext, files: list[sources.InputFile], kind: str, now: datetime) -> None:
-    if not files:
+def _record_files(ctx: StageContext, files_by_kind: dict[str, list[sources.InputFile]], now: datetime) -> None:
+    """One MERGE (one commit) recording every file ingested in this run, of every kind."""
+    rows = [(f.path, f.size, f.modified, kind, now) for kind, files in files_by_kind.items() for f in files]
+    if not rows:
         return
-    rows = [(f.path, f.size, f.modified, kind, now) for f in files]
     df = ctx.spark.createDataFrame(rows, INGESTED_FILES_TABLE.schema)
     ctx.lake.merge(df, INGESTED_FILES_TABLE, ["path", KIND])
 
@@ -286,15 +287,13 @@ def _ingest_event_batch(ctx: StageContext, batch: DataFrame, now: datetime) -> d
 
     validated = validate_events(batch, ctx.cfg.ingest, now).persist()
     try:
-        counts = validated.agg(
-            F.count(F.lit(1)).alias("rows_in"), F.count(F.col(REASON)).alias("rows_quarantined")
-        ).first()
-        reasons = {
+        # One job: rows per reason's code, good rows under a null reason.
+        by_reason = {
             r[REASON]: int(r["count"])
-            for r in validated.where(F.col(REASON).isNotNull())
-            .withColumn(REASON, F.regexp_extract(F.col(REASON), r"^([a-z_]+)", 1))
-            .groupBy(REASON).count().collect()
+            for r in validated.groupBy(F.regexp_extract(F.col(REASON), r"^([a-z_]+)", 1).alias(REASON)).count().collect()
         }
+        reasons = {reason: n for reason, n in by_reason.items() if reason is not None}
+        counts = {"rows_in": sum(by_reason.values()), "rows_quarantined": sum(reasons.values())}
         quarantine = quarantine_rows(validated, "events")
         lake.replace_where(quarantine, QUARANTINE_TABLE, _sources_condition(sources_seen, "events"))
 
@@ -327,8 +326,10 @@ def ingest_items(ctx: StageContext, raw_items: DataFrame, now: datetime) -> dict
     stamped = raw_items.withColumn(INGESTED_AT, F.lit(now).cast("timestamp"))
     validated = validate_items(stamped, ctx.cfg.ingest).persist()
     try:
-        counts = validated.agg(F.count(F.lit(1)).alias("n"), F.count(F.col(REASON)).alias("bad")).first()
-        sources_seen = [r[0] for r in validated.select(SOURCE).distinct().collect()]
+        # One job: rows and quarantined rows per source file.
+        per_source = validated.groupBy(SOURCE).agg(F.count(F.lit(1)).alias("n"), F.count(F.col(REASON)).alias("bad")).collect()
+        counts = {"n": sum(r["n"] for r in per_source), "bad": sum(r["bad"] for r in per_source)}
+        sources_seen = [r[SOURCE] for r in per_source]
         if sources_seen:
             lake.replace_where(
                 quarantine_rows(validated, "items"), QUARANTINE_TABLE, _sources_condition(sources_seen, "items")
@@ -415,8 +416,7 @@ def run(ctx: StageContext) -> dict:
     if not ctx.lake.exists(SILVER_ITEMS_TABLE):
         # Logs without a catalog: items are known by id only, so later stages still have a table.
         ctx.lake.replace(ctx.spark.createDataFrame([], SILVER_ITEMS_TABLE.schema), SILVER_ITEMS_TABLE)
-    _record_files(ctx, new_events, "events", now)
-    _record_files(ctx, new_catalog, "items", now)
+    _record_files(ctx, {"events": new_events, "items": new_catalog}, now)
 
     outputs = (BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_ITEMS_TABLE, INGESTED_FILES_TABLE)
     summary["tables"] = {str(t): v for t in outputs if (v := ctx.lake.version(t)) is not None}

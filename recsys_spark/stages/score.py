@@ -286,8 +286,10 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         model_version = ranker.version
         vocabulary = ctx.spark.createDataFrame([(i,) for i in ranker.item_ids], f"{ITEM_ID} string")
         known = warm_candidates.join(vocabulary, ITEM_ID, "left_semi")
-        total = warm_candidates.count()
-        unknown = total - known.count()
+        # Both counts in one job: every warm candidate, and those the vocabulary knows.
+        flagged = warm_candidates.join(vocabulary.withColumn("_known", F.lit(True)), ITEM_ID, "left")
+        tally = flagged.agg(F.count(F.lit(1)).alias("total"), F.count("_known").alias("known")).first()
+        total, unknown = int(tally["total"]), int(tally["total"] - tally["known"])
         if total and unknown == total:
             raise ValueError(
                 f"score: model {model_version} ({model_dir}) knows none of the {total} candidate items: "
@@ -299,7 +301,9 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         scored = by_retrieval(warm_candidates, sc.k)
 
     titles = lake.read(SILVER_ITEMS_TABLE).select(ITEM_ID, TITLE)
-    recs = fill_with_popular(scored, sequences, all_sequences, titles, sc.k)
+    # Cached: the reasons read the ranked rows twice (their items, and the rows they annotate),
+    # which would otherwise run the model's scoring twice. users x k small rows.
+    recs = fill_with_popular(scored, sequences, all_sequences, titles, sc.k).cache()
     embeddings = lake.read(ITEM_EMBEDDINGS_TABLE).select(ITEM_ID, VECTOR).where(F.size(VECTOR) > 0)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     final = (
@@ -327,6 +331,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
             written = lake.replace(final, RECOMMENDATIONS_TABLE, metadata=state)
     finally:
         final.unpersist()
+        recs.unpersist()
     return {
         "mode": mode,
         "model_version": model_version,

@@ -402,17 +402,34 @@ def _read_csv_events(spark: SparkSession, paths: list[str]) -> list[DataFrame]:
 
 
 def _read_parquet_events(spark: SparkSession, paths: list[str]) -> DataFrame:
-    df = spark.read.parquet(*paths)
-    present = [c for c in RAW_EVENT_FIELDS if c in df.columns]
+    """Parquet logs grouped by schema: files may disagree on a column's type (``user_id`` a
+    number in one, text in another) or on which columns they hold, and one read of them all
+    takes one file's schema and fails deep in Spark on the others. Each group is read with its
+    own schema; every field becomes text (nested values as JSON, which the id checks quarantine)."""
+    groups: dict[str, tuple[T.StructType, list[str]]] = {}
+    for path in paths:
+        schema = spark.read.parquet(path).schema  # the footer, read on the driver: no job
+        groups.setdefault(schema.json(), (schema, []))[1].append(path)
+    parts = [_parquet_group(spark, schema, group) for schema, group in groups.values()]
+    return _union_all(parts)
+
+
+def _as_text(field: T.StructField) -> Column:
+    nested = isinstance(field.dataType, (T.StructType, T.ArrayType, T.MapType))
+    return (F.to_json(F.col(field.name)) if nested else F.col(field.name).cast("string")).alias(field.name)
+
+
+def _parquet_group(spark: SparkSession, schema: T.StructType, paths: list[str]) -> DataFrame:
+    present = [c for c in RAW_EVENT_FIELDS if c in schema.fieldNames()]
     if USER_ID not in present or ITEM_ID not in present:
         raise InputError(
-            f"input file {paths[0]}: Parquet columns {', '.join(df.columns)} lack user_id/item_id "
+            f"input file {paths[0]}: Parquet columns {', '.join(schema.fieldNames())} lack user_id/item_id "
             f"(expected {', '.join(RAW_EVENT_FIELDS)})"
         )
-    data_cols = [c for c in df.columns]
+    df = spark.read.schema(schema).parquet(*paths)
     df = df.select(
-        F.to_json(F.struct(*[F.col(c) for c in data_cols])).alias(RAW),
-        *[F.col(c).cast("string").alias(c) for c in present],
+        F.to_json(F.struct(*[F.col(c) for c in schema.fieldNames()])).alias(RAW),
+        *[_as_text(schema[c]) for c in present],
         F.lit(None).cast("string").alias(PARSE_ERROR),
         F.col("_metadata.file_path").alias(SOURCE),
     )

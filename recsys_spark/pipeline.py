@@ -20,11 +20,18 @@ def run_stage(ctx: StageContext, name: str) -> dict:
     and ``tracking`` (its MLflow run, and for ``train`` the registered version) when tracked.
 
     Every stage's summary holds its counts and ``tables``: ``{"<layer>/<name>": version}`` of
-    the tables it writes, at the version it left them."""
+    the tables it writes, at the version it left them. A stage that fails reading a damaged Delta
+    log entry raises ``TableDamaged`` naming the table, the entry and the way back."""
     with tracker_for(ctx).stage(name, ctx) as tracked:
         started = time.perf_counter()
         ctx.progress(f"stage {name}: started")
-        summary = stage_function(name)(ctx)
+        try:
+            summary = stage_function(name)(ctx)
+        except Exception as exc:
+            damaged = ctx.lake.damage(exc)  # a damaged Delta log entry: name the table and the way back
+            if damaged is not None:
+                raise damaged from exc
+            raise
         if not isinstance(summary.get("tables"), dict):
             raise TypeError(f"stage {name!r} returned a summary without a 'tables' dict: {sorted(summary)}")
         seconds = round(time.perf_counter() - started, 2)

@@ -42,6 +42,8 @@ HEAVIEST_FIRST = (
     "unit/stages/test_train.py",
     "unit/stages/test_ingest.py",
     "unit/stages/test_score.py",
+    "reliability/test_corrupt_artifacts.py",
+    "reliability/test_schema_drift.py",
     "reliability/test_resource_limits.py",
     "integration/test_cli.py",
     "unit/stages/test_encode.py",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 
 from recsys_spark.core.config import Config
-from recsys_spark.core.schemas import TableRef, conform
+from recsys_spark.core.schemas import TABLES, TableRef, conform
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,21 @@ _METADATA_LOCK = threading.RLock()
 # ``Lakehouse._fast`` could not answer: ask SQL.
 _SLOW = object()
 _NOT_A_TABLE = ("DELTA_TABLE_ONLY_OPERATION", "DELTA_MISSING_DELTA_TABLE", "PATH_NOT_FOUND", "DELTA_PATH_DOES_NOT_EXIST")
+
+
+# A Delta log entry named in an error: ``<table location>/_delta_log/<20-digit version>.json`` (or a
+# checkpoint of that version).
+_LOG_ENTRY = re.compile(r"(?P<table>[^\s'\"\[\]]+?)/_delta_log/(?P<version>\d{20})\.(?P<kind>json|checkpoint[\w.-]*parquet)")
+
+
+class TableDamaged(RuntimeError):
+    """A table whose Delta log holds an entry that cannot be read (truncated, overwritten, failing
+    its checksum). ``table`` is its ``TableRef`` (None when the location is no table of ours),
+    ``entry`` the log file, ``version`` the version it holds."""
+
+    def __init__(self, message: str, table: Optional[TableRef], entry: str, version: int):
+        super().__init__(message)
+        self.table, self.entry, self.version = table, entry, version
 
 
 def _int_metrics(raw: Optional[Mapping[str, str]]) -> dict[str, int]:
@@ -100,6 +116,20 @@ class WriteResult:
 def table_versions(*results: WriteResult) -> dict[str, int]:
     """``{"<layer>/<name>": version}`` of the given writes: a stage summary's ``tables``."""
     return {str(r.table): r.version for r in results}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes, once each."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _same_path(a: str, b: str) -> bool:
+    strip = lambda p: os.path.normpath(os.path.abspath(urlparse(p).path if urlparse(p).scheme == "file" else p))
+    return strip(a) == strip(b)
 
 
 class Lakehouse:
@@ -250,20 +280,54 @@ class Lakehouse:
             )
 
     def read(self, table: TableRef, version: Optional[int] = None) -> DataFrame:
-        """The table (at ``version`` when given). A missing table is a clear error naming it."""
-        if self.read_versions is not None and str(table) not in self.read_versions:
-            latest = self.version(table)  # recorded for the run's tracking; None: missing
-            if latest is None:
+        """The table (at ``version`` when given). A missing table is a clear error naming it; a
+        damaged log entry is a ``TableDamaged`` (Delta reads the newest state even for ``versionAsOf``)."""
+        try:
+            if self.read_versions is not None and str(table) not in self.read_versions:
+                latest = self.version(table)  # recorded for the run's tracking; None: missing
+                if latest is None:
+                    self._require(table)
+                self.read_versions[str(table)] = version if version is not None else latest
+            else:
                 self._require(table)
-            self.read_versions[str(table)] = version if version is not None else latest
-        else:
-            self._require(table)
+        except Exception as exc:
+            damaged = self.damage(exc)
+            if damaged is None:
+                raise
+            raise damaged from exc
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
         if self.catalog_mode:
             return reader.table(self.location(table))
         return reader.load(self.location(table))
+
+    def damage(self, exc: BaseException) -> Optional[TableDamaged]:
+        """``exc`` explained as a ``TableDamaged`` when what failed is the read of a Delta log entry
+        (Spark reads a table's log lazily, so this shows in whichever job first needs the table's
+        files), else None. The message names the table, the entry, what still reads and the way
+        back."""
+        text = "\n".join(str(e) for e in _chain(exc))
+        found = _LOG_ENTRY.search(text)
+        if found is None:
+            return None
+        where = found.group("table")
+        path = urlparse(where).path if urlparse(where).scheme == "file" else where
+        table = next(
+            (t for t in TABLES if not self.catalog_mode and _same_path(self.location(t), path)), None
+        )
+        version = int(found.group("version"))
+        entry = f"{where}/_delta_log/{found.group(0).rsplit('/', 1)[-1]}"
+        line = next((ln.strip() for ln in text.splitlines() if "_delta_log" in ln or "Checksum" in ln), "")
+        name = f"table {table} ({self.location(table)})" if table is not None else f"the Delta table at {where}"
+        return TableDamaged(
+            f"{name}: its Delta log entry {entry} (version {version}) cannot be read: {line[:300]}. "
+            "Restore that file from a backup; or, when it is the newest entry, move it (and its .crc) out of "
+            "_delta_log, which leaves the table at the version before it as if that write had not happened, "
+            "and rerun the stage that writes the table. (RESTORE TABLE cannot help: it reads the newest "
+            "version first.)",
+            table, entry, version,
+        )
 
     def version(self, table: TableRef) -> Optional[int]:
         """The latest committed version, or None when the table does not exist."""

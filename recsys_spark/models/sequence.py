@@ -202,12 +202,27 @@ def check_model_folder(model_dir: str) -> dict:
     for path in (config_path, os.path.join(model_dir, MODEL_FILE), os.path.join(model_dir, VOCABULARY_DIR)):
         if not os.path.exists(path):
             raise ValueError(f"model folder {model_dir}: {os.path.basename(path)} is missing; retrain (train)")
-    with open(config_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    if not _complete_archive(model_path):
+        raise ValueError(
+            f"model folder {model_dir}: {MODEL_FILE} is not a complete Keras archive (truncated or damaged, "
+            f"{os.path.getsize(model_path)} bytes); retrain (train)"
+        )
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except ValueError as exc:
+        raise ValueError(f"model folder {model_dir}: {CONFIG_FILE} is not valid JSON ({exc}); retrain (train)") from None
     spec = ModelSpec.from_json(meta.get("model", {})) if "n_tokens" in meta.get("model", {}) else None
     if spec is None or not meta.get("version"):
         raise ValueError(f"model folder {model_dir}: {CONFIG_FILE} has no model spec or version; retrain (train)")
-    vocab = read_vocabulary(model_dir)
+    try:
+        vocab = read_vocabulary(model_dir)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors for a damaged file vary
+        raise ValueError(
+            f"model folder {model_dir}: {VOCABULARY_DIR}/ cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
+            "retrain (train)"
+        ) from None
     indices = vocab.column(VOCAB_INDEX).to_pylist()
     items = vocab.column(ITEM_ID).to_pylist()
     expected = list(range(FIRST_ITEM, spec.n_tokens))
@@ -219,6 +234,18 @@ def check_model_folder(model_dir: str) -> dict:
             "the folder was changed after training: retrain (train)"
         )
     return meta
+
+
+def _complete_archive(path: str) -> bool:
+    """Whether ``path`` is a whole zip archive (a ``.keras`` file is one): its directory is there and
+    every member's checksum matches. Reads the file once (a model is megabytes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def rank_candidates(items: "list[str]", probs, k: int) -> "tuple[list[str], list[float]]":

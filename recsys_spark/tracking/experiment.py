@@ -46,7 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from recsys_spark.core.config import Config
 from recsys_spark.core.schemas import SERVED_CANDIDATES, SERVED_HISTORY, SERVED_ITEMS, SERVED_K, SERVED_SCORES
-from recsys_spark.models.sequence import check_model_folder, latest_model_dir
+from recsys_spark.models.sequence import cached_ranker, check_model_folder, latest_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -673,6 +673,27 @@ def champion_version(client, name: str):
 
 # ---- serving: which folder retrieve and score load -------------------------------------------
 def serving_model_dir(cfg: Config, stage: str) -> Optional[str]:
+    """The model folder ``stage`` serves (see ``_serving_folder``), loaded once here to prove it is
+    whole: a folder whose files are damaged (a truncated ``model.keras``, a vocabulary that does not
+    match the network, a config that is not JSON) is a ``ValueError`` naming the folder and the file,
+    raised before the stage writes anything, so its tables keep what the last good model wrote."""
+    folder = _serving_folder(cfg, stage)
+    if folder is None:
+        return None
+    try:
+        check_model_folder(folder)
+        cached_ranker(folder)  # once per process; the stage's own load is then the cached one
+    except Exception as exc:  # noqa: BLE001 - whatever the damage, one error naming the artifact
+        detail = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{stage}: the model it would serve ({folder}) cannot be used: {detail}. Nothing was written: "
+            f"the tables keep what the last good model wrote. Retrain (train), or point "
+            f"{os.path.join(cfg.models_dir, 'latest')} (or the registry's {CHAMPION!r} alias) at an earlier version"
+        ) from exc
+    return folder
+
+
+def _serving_folder(cfg: Config, stage: str) -> Optional[str]:
     """The model folder ``stage`` serves: ``models:/<name>@champion`` (downloaded once per version
     under ``<models_dir>/.registry``) when the registry is configured, ``<models_dir>/latest``
     otherwise (None: no model). A registry that cannot be reached, or holds no such model, is a

@@ -166,13 +166,14 @@ def test_serving_reads_the_champion_and_names_the_fix_for_a_broken_registry(tmp_
     with pytest.raises(ValueError, match=r"live versions: \[2\]"):
         experiment.serving_model_dir(cfg, "score")
 
-    # with the registry off, the folder is served whatever the registry holds
+    # with the registry off, the folder is served whatever the registry holds (here: a broken one)
     models = tmp_path / "wh" / "models"
     (models / "v9").mkdir(parents=True)
     (models / "v9" / "model.keras").write_text("x")
     (models / "latest").write_text("v9\n")
     off = small_config(tmp_path / "wh", "tracking.registry=false")
-    assert experiment.serving_model_dir(off, "score") == os.path.join(off.models_dir, "v9")
+    with pytest.raises(ValueError, match=r"score: the model it would serve \(.*/models/v9\) cannot be used: .*config\.json is missing"):
+        experiment.serving_model_dir(off, "score")  # the folder is chosen, and found to be no whole model
 
 
 def test_config_checks_the_tracking_keys():

@@ -99,9 +99,17 @@ class TablesConfig:
     mode: str = "path"
     catalog: Optional[str] = None
     schema: str = "recsys"
+    # A write that loses to a concurrent writer (Delta's optimistic concurrency: another job
+    # committed first and touched what this one read) is retried up to this many times, after
+    # a jittered backoff that doubles from conflict_backoff_seconds (capped at 30 s); then it
+    # fails with one error naming the table and the other writer's operation.
+    conflict_retries: int = 5
+    conflict_backoff_seconds: float = 1.0
 
     def validate(self, key: str) -> None:
         _check_choice(self.mode, TABLE_MODES, f"{key}.mode")
+        _check(0 <= self.conflict_retries <= 100, f"{key}.conflict_retries", "must be in [0, 100]")
+        _check(0 <= self.conflict_backoff_seconds <= 60, f"{key}.conflict_backoff_seconds", "must be in [0, 60]")
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +52,40 @@ _NOT_A_TABLE = ("DELTA_TABLE_ONLY_OPERATION", "DELTA_MISSING_DELTA_TABLE", "PATH
 _LOG_ENTRY = re.compile(r"(?P<table>[^\s'\"\[\]]+?)/_delta_log/(?P<version>\d{20})\.(?P<kind>json|checkpoint[\w.-]*parquet)")
 
 
+# Delta's optimistic-concurrency conflicts (their error conditions; the same text reaches a classic
+# and a Connect session): the commit did not happen, and the operation may be tried again.
+_CONFLICT = re.compile(
+    r"\b(DELTA_CONCURRENT_[A-Z_]+|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED|DELTA_CONCURRENT_TRANSACTION"
+    r"|ConcurrentAppendException|ConcurrentDeleteReadException|ConcurrentDeleteDeleteException"
+    r"|ConcurrentTransactionException|MetadataChangedException|ProtocolChangedException)\b"
+)
+_BACKOFF_CAP_S = 30.0
+# How far back a write looks for its own commit when other jobs committed after it began.
+_RESULT_DEPTH = 50
+
+
+class ConcurrentWriteConflict(RuntimeError):
+    """A write that lost to concurrent writers on every try: ``table``, the ``tries`` made and
+    ``other`` (what Delta said about the winning commit)."""
+
+    def __init__(self, message: str, table: TableRef, tries: int, other: str):
+        super().__init__(message)
+        self.table, self.tries, self.other = table, tries, other
+
+
+def conflict_of(exc: BaseException) -> Optional[str]:
+    """Delta's words about the concurrent commit ``exc`` lost to (its first line naming the
+    conflict), or None when ``exc`` is no write conflict."""
+    for e in _chain(exc):
+        text = str(e)
+        if _CONFLICT.search(text):
+            lines = [ln.strip() for ln in text.splitlines() if _CONFLICT.search(ln)]
+            line = lines[0] if lines else text.strip().splitlines()[0]
+            # "...: [DELTA_CONCURRENT_APPEND...] Transaction conflict detected. a concurrent MERGE added ..."
+            return line[line.find("[") if "[" in line else 0:][:400]
+    return None
+
+
 class TableDamaged(RuntimeError):
     """A table whose Delta log holds an entry that cannot be read (truncated, overwritten, failing
     its checksum). ``table`` is its ``TableRef`` (None when the location is no table of ours),
@@ -58,6 +94,23 @@ class TableDamaged(RuntimeError):
     def __init__(self, message: str, table: Optional[TableRef], entry: str, version: int):
         super().__init__(message)
         self.table, self.entry, self.version = table, entry, version
+
+
+# Every write of this package tags its commit's userMetadata with a fresh id under this key, so
+# that the write can find its own commit (and metrics) even when another job committed meanwhile.
+WRITE_ID_KEY = "recsys_write_id"
+
+
+def _split_write_id(raw: Optional[str]) -> "tuple[Optional[str], Optional[str]]":
+    """(userMetadata without the write id — None when nothing else is in it —, the write id)."""
+    try:
+        value = json.loads(raw or "")
+    except ValueError:
+        return raw, None
+    if not isinstance(value, dict) or WRITE_ID_KEY not in value:
+        return raw, None
+    write_id = value.pop(WRITE_ID_KEY)
+    return (json.dumps(value, sort_keys=True) if value else None), write_id
 
 
 def _int_metrics(raw: Optional[Mapping[str, str]]) -> dict[str, int]:
@@ -80,6 +133,8 @@ class Commit:
     operation: str
     operationMetrics: dict[str, int] = field(default_factory=dict)
     userMetadata: Optional[str] = None
+    # The id this package gave the write that made the commit (None for commits of others).
+    write_id: Optional[str] = None
 
     @property
     def metadata(self) -> Optional[dict]:
@@ -116,6 +171,11 @@ class WriteResult:
 def table_versions(*results: WriteResult) -> dict[str, int]:
     """``{"<layer>/<name>": version}`` of the given writes: a stage summary's ``tables``."""
     return {str(r.table): r.version for r in results}
+
+
+def _user_metadata(raw: Optional[str]) -> dict:
+    user, write_id = _split_write_id(raw)
+    return {"userMetadata": user, "write_id": write_id}
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -251,7 +311,7 @@ class Lakehouse:
                         dict(jvm.scala.jdk.javaapi.CollectionConverters.asJava(metrics.get()))
                         if metrics.isDefined() else {}
                     ),
-                    userMetadata=user.get() if user.isDefined() else None,
+                    **_user_metadata(user.get() if user.isDefined() else None),
                 )
             )
         return commits
@@ -357,7 +417,7 @@ class Lakehouse:
                 timestamp=r["timestamp"],
                 operation=r["operation"],
                 operationMetrics=_int_metrics(r["operationMetrics"]),
-                userMetadata=r["userMetadata"],
+                **_user_metadata(r["userMetadata"]),
             )
             for r in rows
         ]
@@ -368,6 +428,33 @@ class Lakehouse:
         """``df`` as ``table``'s rows: its schema's columns in order, cast to its types (extra
         columns dropped; nullability as the data has it, Delta enforces NOT NULL on write)."""
         return conform(df, table.schema, f"table {table}")
+
+    def _retrying(self, table: TableRef, operation: str, attempt):
+        """``attempt()`` (one write: it commits or raises), tried again while it loses to a
+        concurrent writer: ``tables.conflict_retries`` more times, after a jittered backoff that
+        doubles from ``tables.conflict_backoff_seconds``. Every write here may be repeated: an
+        overwrite or a replaceWhere swaps the same rows in, a MERGE upserts on its key, and a
+        lost commit wrote nothing. Then one ``ConcurrentWriteConflict`` naming the table."""
+        retries = self.cfg.tables.conflict_retries
+        base = self.cfg.tables.conflict_backoff_seconds
+        for tried in range(1, retries + 2):
+            try:
+                return attempt()
+            except Exception as exc:  # noqa: BLE001 - only Delta's conflicts are retried
+                other = conflict_of(exc)
+                if other is None:
+                    raise
+                if tried > retries:
+                    raise ConcurrentWriteConflict(
+                        f"table {table} ({self.location(table)}): {operation} lost to a concurrent write "
+                        f"{tried} time(s) and was not committed: {other}. Another job writes this table at "
+                        "the same time; run the two one after the other, or raise tables.conflict_retries",
+                        table, tried, other,
+                    ) from exc
+                delay = min(_BACKOFF_CAP_S, base * 2 ** (tried - 1)) * random.uniform(0.5, 1.5)
+                log.warning("table %s: %s lost to a concurrent write (%s); try %d of %d in %.1f s",
+                            table, operation, other, tried + 1, retries + 1, delay)
+                time.sleep(delay)
 
     def replace(
         self,
@@ -407,7 +494,6 @@ class Lakehouse:
         created empty from its schema first, so the result always holds MERGE metrics."""
         self._create_if_missing(table)
         source = self.conform(df, table)
-        before = self.version(table)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         clauses = []
         if update:
@@ -417,20 +503,29 @@ class Lakehouse:
             clauses.append(f"WHEN NOT MATCHED BY SOURCE AND ({delete_condition}) THEN DELETE")
         view = f"_recsys_merge_source_{uuid.uuid4().hex}"
         source.createOrReplaceTempView(view)
+        statement = f"MERGE INTO {self._sql_name(table)} AS t USING {view} AS s ON {condition} " + " ".join(clauses)
+
+        def attempt() -> WriteResult:
+            before = self.version(table)
+            write_id = uuid.uuid4().hex
+            with self._commit_metadata(metadata, write_id):
+                self.spark.sql(statement)
+            return self._result(table, before, write_id)
+
         try:
-            with self._commit_metadata(metadata):
-                self.spark.sql(
-                    f"MERGE INTO {self._sql_name(table)} AS t USING {view} AS s ON {condition} " + " ".join(clauses)
-                )
+            return self._retrying(table, "MERGE", attempt)
         finally:
             self.spark.catalog.dropTempView(view)
-        return self._result(table, before)
 
     def delete_where(self, table: TableRef, condition: str, metadata: Optional[dict] = None) -> WriteResult:
-        before = self.version(table)
-        with self._commit_metadata(metadata):
-            self.spark.sql(f"DELETE FROM {self._sql_name(table)} WHERE {condition}")
-        return self._result(table, before)
+        def attempt() -> WriteResult:
+            before = self.version(table)
+            write_id = uuid.uuid4().hex
+            with self._commit_metadata(metadata, write_id):
+                self.spark.sql(f"DELETE FROM {self._sql_name(table)} WHERE {condition}")
+            return self._result(table, before, write_id)
+
+        return self._retrying(table, "DELETE", attempt)
 
     def _create_if_missing(self, table: TableRef) -> None:
         """An empty table from ``table.schema``: in path mode one metadata-only CREATE TABLE
@@ -444,7 +539,12 @@ class Lakehouse:
         columns = ", ".join(
             "`" + f.name.replace("`", "``") + "` " + f.dataType.simpleString() for f in table.schema.fields
         )
-        self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self._sql_name(table)} ({columns}) USING DELTA")
+        # Two jobs creating it at once: the loser's commit of version 0 conflicts; its retry finds
+        # the table there (IF NOT EXISTS) and does nothing.
+        self._retrying(
+            table, "CREATE TABLE",
+            lambda: self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self._sql_name(table)} ({columns}) USING DELTA"),
+        )
 
     def _write(
         self,
@@ -460,10 +560,16 @@ class Lakehouse:
             writer = writer.option(key, value)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        before = self.version(table)
-        with self._commit_metadata(metadata):
-            self._save(writer, table)
-        return self._result(table, before)
+
+        def attempt() -> WriteResult:
+            before = self.version(table)
+            write_id = uuid.uuid4().hex
+            with self._commit_metadata(metadata, write_id):
+                self._save(writer, table)
+            return self._result(table, before, write_id)
+
+        what = "append" if mode == "append" else ("replaceWhere" if "replaceWhere" in options else "overwrite")
+        return self._retrying(table, what, attempt)
 
     def _save(self, writer: DataFrameWriter, table: TableRef) -> None:
         """The one place that knows a path from a catalog name."""
@@ -474,13 +580,11 @@ class Lakehouse:
             writer.save(self.location(table))
 
     @contextmanager
-    def _commit_metadata(self, metadata: Optional[dict]) -> Iterator[None]:
-        """Make ``metadata`` (JSON) the userMetadata of the commits made inside; the session's
-        previous value is restored afterwards, also when the write fails."""
-        if metadata is None:
-            yield
-            return
-        text = json.dumps(metadata, sort_keys=True, default=str)
+    def _commit_metadata(self, metadata: Optional[dict], write_id: str) -> Iterator[None]:
+        """Make ``metadata`` (JSON, with ``write_id`` added under ``WRITE_ID_KEY``) the userMetadata
+        of the commits made inside; the session's previous value is restored afterwards, also when
+        the write fails. Writes of this process take turns (the conf is session-wide)."""
+        text = json.dumps({**(metadata or {}), WRITE_ID_KEY: write_id}, sort_keys=True, default=str)
         conf = self.spark.conf
         with _METADATA_LOCK:
             previous = conf.get(USER_METADATA_CONF, None)
@@ -493,9 +597,14 @@ class Lakehouse:
                 else:
                     conf.set(USER_METADATA_CONF, previous)
 
-    def _result(self, table: TableRef, version_before: Optional[int]) -> WriteResult:
-        """The write just made: the newest commit, unless the version did not move (no commit)."""
-        last = self.history(table, 1)[0]
-        if version_before is not None and last.version <= version_before:
-            return WriteResult(table, version_before)
-        return WriteResult(table, last.version, last.operation, last.operationMetrics)
+    def _result(self, table: TableRef, version_before: Optional[int], write_id: str) -> WriteResult:
+        """The write just made: the commit tagged ``write_id`` (the newest, unless another job
+        committed since), or no commit when none is (a MERGE that changed nothing)."""
+        commits = self.history(table, 1)
+        if commits[0].write_id != write_id and version_before is not None and commits[0].version > version_before + 1:
+            # Others committed after this write began: look among the commits since then.
+            commits = self.history(table, min(commits[0].version - version_before, _RESULT_DEPTH))
+        mine = next((c for c in commits if c.write_id == write_id), None)
+        if mine is None:
+            return WriteResult(table, commits[0].version)
+        return WriteResult(table, mine.version, mine.operation, mine.operationMetrics)

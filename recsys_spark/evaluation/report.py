@@ -527,11 +527,11 @@ STYLE = (
     "*{box-sizing:border-box}body{font-family:system-ui,sans-serif;max-width:1100px;margin:0 auto;padding:1em;color:#222;"
     "line-height:1.4}h1{font-size:1.5em;overflow-wrap:anywhere}.scroll{overflow-x:auto;max-width:100%}"
     "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;"
-    "unicode-bidi:isolate;overflow-wrap:anywhere}td:first-child,th:first-child{text-align:left}"
+    "unicode-bidi:isolate;overflow-wrap:break-word}th,.n{white-space:nowrap}td:first-child,th:first-child{text-align:left}"
     "pre{background:#f6f6f6;padding:1em;overflow:auto;max-width:100%}img{max-width:100%;height:auto}"
     ".users{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,30em),1fr));gap:1em}"
     ".user{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:0}.user h3{margin:.3em 0}"
-    ".user ol{padding-left:1.5em;margin:.3em 0}.user li,.user td{unicode-bidi:isolate;overflow-wrap:anywhere}"
+    ".user ol{padding-left:1.5em;margin:.3em 0}.user li,.user td.t{unicode-bidi:isolate;overflow-wrap:anywhere}"
     ".user td{text-align:left}.hit{background:#e3f6e3;font-weight:bold}.role{color:#666;font-weight:normal;font-size:.8em}"
     ".id{color:#888;font-size:.85em}.failed{background:#fde8e8;border:1px solid #e99;padding:.5em 1em}"
 )
@@ -596,8 +596,9 @@ class _Renderer:
                 shown, md_shown = self.item(rec)
                 mark = "hit" if rec["hit"] else ""
                 rows.append(
-                    f"<tr{' class=hit' if rec['hit'] else ''}><td>{rec['rank']}</td><td>{shown}</td>"
-                    f"<td>{self.h(_number(rec['score']))}</td><td><bdi>{self.h(rec['reason'])}</bdi></td><td>{mark}</td></tr>"
+                    f"<tr{' class=hit' if rec['hit'] else ''}><td class=n>{rec['rank']}</td><td class=t>{shown}</td>"
+                    f"<td class=n>{self.h(_number(rec['score']))}</td><td class=t><bdi>{self.h(rec['reason'])}</bdi></td>"
+                    f"<td class=n>{mark}</td></tr>"
                 )
                 self.md.append(f"| {rec['rank']} | {md_shown} | {_number(rec['score'])} | {self.m(rec['reason'])} | {mark} |")
             self.md.append("")

@@ -152,7 +152,7 @@ def evaluated(spark, tmp_path_factory):
         user, test = row["user_id"], row["test_items"][0]
         held_out[user] = test
         seen = set(row["seen_items"])
-        others = [i for i in [HUGE_TITLE_ITEM, "3", "5"] + unseen_pool if i not in seen and i != test][:9]
+        others = [i for i in dict.fromkeys([HUGE_TITLE_ITEM, "3", "5"] + unseen_pool) if i not in seen and i != test][:9]
         listed = others[:1] + [test] + others[1:] if n % 2 == 0 else others  # even users: a hit at rank 2
         because = titles.get(row["history_items"][-1], row["history_items"][-1])
         recs += [(user, rank, item, 1.0 / rank, f"because you watched {because}", "v1", "run0", now)
@@ -261,3 +261,85 @@ def test_a_failed_stage_still_gets_a_report_naming_it_and_why(make_ctx):
     page = (Path(ctx.cfg.reports_dir) / ctx.run_id / "report.html").read_text(encoding="utf-8")
     assert "Stage evaluate failed: FileNotFoundError" in page and "gold/user_sequences" in page
     assert "<td>features</td><td>1.5</td>" in page and "<h2>Config</h2>" in page
+
+
+# ---- the report in a real browser (Chromium from Debian's packages; CI: .ci/browser) ---------------
+def _chromium() -> "str | None":
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+CHROMIUM = _chromium()
+
+
+def _browse(page: Path, profile: Path, *args: str) -> "subprocess.CompletedProcess":
+    import subprocess
+
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--hide-scrollbars", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args, page.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+class _Elements:
+    """The tags of a dumped DOM, with their attributes, and the document's <title> text."""
+
+    def __init__(self, dom: str):
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        self.title = ""
+        elements = self
+
+        class Parser(HTMLParser):
+            in_title = False
+
+            def handle_starttag(self, tag, attrs):
+                elements.tags.append((tag, dict(attrs)))
+                self.in_title = tag == "title"
+
+            def handle_endtag(self, tag):
+                self.in_title = False
+
+            def handle_data(self, data):
+                if self.in_title:
+                    elements.title += data
+
+        Parser().feed(dom)
+
+    def named(self, tag: str) -> list[dict]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH: apt-get install chromium (CI runs .ci/browser)")
+def test_the_report_in_a_headless_browser_has_whole_images_and_runs_nothing(evaluated, tmp_path):
+    ctx, summary, _ = evaluated
+    page = Path(summary["report"]["html"])
+    loaded = _browse(page, tmp_path / "profile", "--dump-dom")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    dom = _Elements(loaded.stdout)
+    # No script ran: the hostile titles' <script> would have set document.title, their <img
+    # onerror> too; neither exists as an element, and no script was even refused by the policy.
+    assert dom.title == f"recsys-spark run {RUN_ID}"
+    assert dom.named("script") == [] and not any("onerror" in attrs for _, attrs in dom.tags)
+    assert "Uncaught" not in loaded.stderr and "Refused to execute" not in loaded.stderr
+    assert "&lt;script&gt;document.title" in loaded.stdout  # the text is there, as text
+    images = dom.named("img")
+    assert len(images) == 6
+    for attrs in images:
+        assert attrs["src"].startswith("data:image/png;base64,"), attrs["src"][:40]
+        width, height = _png_size(base64.b64decode(attrs["src"].split(",", 1)[1], validate=True))
+        assert width > 100 and height > 100
+    # Screenshots at a phone's and a wide screen's width, kept in the test's folder.
+    for name, size in (("phone", "390,2000"), ("wide", "1400,2000")):
+        shot = tmp_path / f"report-{name}.png"
+        taken = _browse(page, tmp_path / f"profile-{name}", f"--window-size={size}", f"--screenshot={shot}")
+        assert taken.returncode == 0, taken.stderr[-3000:]
+        assert _png_size(shot.read_bytes()) == tuple(int(v) for v in size.split(","))

@@ -532,7 +532,7 @@ STYLE = (
     ".users{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,30em),1fr));gap:1em}"
     ".user{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:0}.user h3{margin:.3em 0}"
     ".user ol{padding-left:1.5em;margin:.3em 0}.user li,.user td.t{unicode-bidi:isolate;overflow-wrap:anywhere}"
-    ".user td{text-align:left}.hit{background:#e3f6e3;font-weight:bold}.role{color:#666;font-weight:normal;font-size:.8em}"
+    ".user td,.user th{text-align:left}.hit{background:#e3f6e3;font-weight:bold}.role{color:#666;font-weight:normal;font-size:.8em}"
     ".id{color:#888;font-size:.85em}.failed{background:#fde8e8;border:1px solid #e99;padding:.5em 1em}"
 )
 # Nothing may load or run: images are data: URIs, styles inline, and no script at all.

@@ -56,10 +56,12 @@ from recsys_spark.core.schemas import (
     VALUE,
 )
 from recsys_spark.models.sequence import latest_model_dir
-from recsys_spark.stages.train import HISTORY_FILE
 
 log = logging.getLogger(__name__)
 
+# The per-epoch training curves in a model folder, as the train stage writes them (its
+# HISTORY_FILE; a library may not import a stage: tests/unit/test_layout.py).
+HISTORY_FILE = "history.json"
 HEADLINE_METRICS = ("ndcg", "recall", "hit_rate", "mrr", "coverage", "novelty", "pop_percentile")
 
 

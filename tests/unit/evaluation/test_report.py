@@ -173,6 +173,12 @@ def evaluated(spark, tmp_path_factory):
     return ctx, summary, held_out
 
 
+def test_the_report_reads_the_history_file_train_writes():
+    from recsys_spark.stages import train
+
+    assert report.HISTORY_FILE == train.HISTORY_FILE
+
+
 def _section(html_text: str, heading: str) -> str:
     """The HTML between the <h2> of ``heading`` and the next <h2>."""
     start = html_text.index(f"<h2>{heading}")

@@ -207,12 +207,15 @@ def paired_bootstrap(
 
     A Poisson bootstrap: each replicate weighs every user by an independent Poisson(1) draw
     (the users with a zero difference by one Poisson(n_zero) draw in all), the usual
-    approximation of resampling n of n users that needs no index per user. Seeded: a rerun gives
-    the same interval. Returns {"mean", "low", "high", "n_users", "samples"}.
+    approximation of resampling n of n users that needs no index per user. Seeded, and
+    independent of the order of ``differences``: a rerun gives the same interval. Returns
+    {"mean", "low", "high", "n_users", "samples"}.
     """
     import numpy as np
 
-    values = np.asarray(differences, dtype=np.float64)
+    # Sorted: the draws then depend on the differences, not on the order Spark collected them
+    # in, so a rerun on the same users writes the same interval (the idempotency suite compares).
+    values = np.sort(np.asarray(differences, dtype=np.float64))
     n_zero = n_users - len(values)
     if n_users <= 0 or n_zero < 0:
         raise ValueError(f"paired_bootstrap: {len(values)} non-zero differences for {n_users} users")

@@ -533,11 +533,12 @@ STYLE = (
     "pre{background:#f6f6f6;padding:1em;overflow:auto;max-width:100%}img{max-width:100%;height:auto}"
     ".users{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,30em),1fr));gap:1em}"
     ".user{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:0}.user h3{margin:.3em 0}"
-    ".user ol{padding-left:1.5em;margin:.3em 0}.user li,.user td.t{unicode-bidi:isolate;overflow-wrap:anywhere}"
+    ".user ol{padding-left:1.5em;margin:.3em 0}.user li,.user td.t{unicode-bidi:isolate;overflow-wrap:anywhere;min-width:9em}"
     ".user td,.user th{text-align:left}.hit{background:#e3f6e3;font-weight:bold}.role{color:#666;font-weight:normal;font-size:.8em}"
     ".id{color:#888;font-size:.85em}.failed{background:#fde8e8;border:1px solid #e99;padding:.5em 1em}"
 )
 # Nothing may load or run: images are data: URIs, styles inline, and no script at all.
+ERROR_CHARS = 4000  # of a failed stage's error message shown
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 # What could make data text a link, an image, code or a table cell in Markdown (raw HTML is
 # escaped before); emphasis characters are left alone, they only change the look.
@@ -554,11 +555,12 @@ class _Renderer:
         self.md: list[str] = []
         self.page: list[str] = []
 
-    def h(self, value) -> str:
-        return html.escape(inert_text(value, self.limit))
+    def h(self, value, limit: Optional[int] = None) -> str:
+        return html.escape(inert_text(value, self.limit if limit is None else limit))
 
-    def m(self, value) -> str:
-        return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(inert_text(value, self.limit), quote=False))
+    def m(self, value, limit: Optional[int] = None) -> str:
+        text = inert_text(value, self.limit if limit is None else limit)
+        return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
     def item(self, entry: dict) -> tuple[str, str]:
         title = entry.get("title")
@@ -614,9 +616,9 @@ class _Renderer:
         kind = block[0]
         if kind == "table":
             self.table(block[1])
-        elif kind == "text":
-            self.md.append(self.m(block[1]))
-            self.page.append(f"<p>{self.h(block[1])}</p>")
+        elif kind == "text":  # the report's own sentences: data in them is cut where it is put in
+            self.md.append(self.m(block[1], 0))
+            self.page.append(f"<p>{self.h(block[1], 0)}</p>")
         elif kind == "pre":
             self.md += ["```json", block[1].replace("```", "'''"), "```"]
             self.page.append(f"<pre>{html.escape(block[1])}</pre>")
@@ -640,8 +642,8 @@ class _Renderer:
             f"<h1>{self.h(title)}</h1><p>Generated {generated}.</p>",
         ]
         if banner:
-            self.md += [f"**{self.m(banner)}**", ""]
-            self.page.append(f"<p class='failed'>{self.h(banner)}</p>")
+            self.md += [f"**{self.m(banner, 0)}**", ""]
+            self.page.append(f"<p class='failed'>{self.h(banner, 0)}</p>")
         for heading, blocks in sections:
             self.md += [f"## {self.m(heading)}", ""]
             self.page.append(f"<h2>{self.h(heading)}</h2>")
@@ -695,9 +697,9 @@ def write_failure_report(ctx: StageContext, stage: str, error: BaseException) ->
     """The report of a run whose stage ``stage`` failed: which stage and why, the stages that
     ended before it with their timings, table versions and config (no metrics)."""
     done = [[name, str(result.get("seconds"))] for name, result in ctx.results.items()]
-    why = f"{type(error).__name__}: {error}"
+    why = inert_text(f"{type(error).__name__}: {error}", ERROR_CHARS)
     sections = [
-        ("Failed stage", [("table", [["stage", "error"], [stage, why]])]),
+        ("Failed stage", [("text", f"{stage}: {why}")]),
         ("Stages that ended before it (seconds)", [("table", [["stage", "seconds"]] + done)] if done else [("text", "none")]),
     ]
     return _write(ctx, sections + _closing_sections(ctx), banner=f"Stage {stage} failed: {why}")

@@ -201,7 +201,8 @@ def test_report_sections_hold_real_content_on_the_tiny_fixture(evaluated):
     assert any(f"<span class='id'>{item}</span>" in examples for item in held)
 
     lead = _section(page, "Is the lstm ahead?")
-    assert "best baseline" in lead and "paired bootstrap" in lead
+    assert "best baseline" in lead and "paired bootstrap" in lead and "the interval" in lead
+    assert "chars)" not in _section(page, "Protocol")  # the report's own sentences are never cut
     assert summary["lead"]["baseline"] in ("popularity", "next_item")
     interval = summary["lead"]["full"]
     assert interval["low"] <= interval["mean"] <= interval["high"] and interval["n_users"] == summary["test_users"]

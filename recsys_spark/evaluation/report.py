@@ -158,6 +158,7 @@ def training_plot(history: dict) -> Optional[bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     losses = {n: v for n, v in series.items() if "loss" in n}
     others = {n: v for n, v in series.items() if "loss" not in n}
@@ -166,6 +167,7 @@ def training_plot(history: dict) -> Optional[bytes]:
     for axis, (label, group) in zip(axes[0], panels):
         for name, values in group.items():
             axis.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_title(label)
         axis.legend(fontsize=8)

@@ -42,6 +42,7 @@ HEAVIEST_FIRST = (
     "unit/stages/test_train.py",
     "unit/stages/test_ingest.py",
     "unit/stages/test_score.py",
+    "unit/evaluation/test_report.py",  # ingest + features + evaluate once, and Chromium (~4 min loaded, 2026-12-03)
     "reliability/test_resource_limits.py",
     "integration/test_cli.py",
     "unit/stages/test_encode.py",

@@ -393,7 +393,6 @@ def run(ctx: StageContext) -> dict:
 
     all_scores = reduce(DataFrame.unionByName, user_scores)
     lead = ndcg_lead(all_scores, rows, report_k, ctx.cfg.report.bootstrap_samples, cfg.seed)
-    rows += lead_rows(lead, report_k)
     report_cfg = ctx.cfg.report
     by_length = by_history_length(all_scores, targets, report_cfg.cold_max_history, report_cfg.short_max_history, list(counts))
     # matplotlib is the optional "report" extra: imported only when a report is written.
@@ -408,8 +407,10 @@ def run(ctx: StageContext) -> dict:
     for scores in user_scores:
         scores.unpersist()
 
+    # The lead's rows go to gold/metrics beside the models' (the summary keeps it apart, as "lead").
+    table_rows = rows + lead_rows(lead, report_k)
     table = ctx.spark.createDataFrame(
-        [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in rows],
+        [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in table_rows],
         METRICS_TABLE.schema,
     )
     # This run's rows replace any earlier rows of the same run_id: a rerun adds nothing twice.
@@ -435,7 +436,7 @@ def run(ctx: StageContext) -> dict:
         "seen_predictions_removed": {m: c["seen_predictions_removed"] for m, c in counts.items()},
         "short_lists": {m: c["short_lists"] for m, c in counts.items()},
         "model_seconds": seconds,
-        "metrics_rows": len(rows),
+        "metrics_rows": len(table_rows),
         "tables": table_versions(written),
         "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
         f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",

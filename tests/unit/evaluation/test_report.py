@@ -209,6 +209,7 @@ def test_report_sections_hold_real_content_on_the_tiny_fixture(evaluated):
     lead_rows = ctx.lake.read(METRICS_TABLE).where(f"run_id = '{RUN_ID}' AND metric LIKE 'ndcg_lead%'").collect()
     assert {r["metric"] for r in lead_rows} >= {"ndcg_lead", "ndcg_lead_low", "ndcg_lead_high"}
     assert {r["model"] for r in lead_rows} == {f"lstm-vs-{summary['lead']['baseline']}"}
+    assert set(summary["metrics"]) == {"popularity", "next_item", "lstm"}  # the lead stays apart in the summary
 
     by_length = _section(page, "Metrics by history length")
     assert "<td>short</td>" in by_length and "<td>long</td>" in by_length

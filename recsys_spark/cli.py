@@ -34,6 +34,7 @@ from recsys_spark import __version__, pipeline
 from recsys_spark.core import schemas
 from recsys_spark.core.config import ConfigError, load_config, redact, scrub, secret_values
 from recsys_spark.core.context import StageUnavailable, make_context
+from recsys_spark.core.display import inert_text
 from recsys_spark.core.session import on_databricks
 from recsys_spark.integrations import databricks
 from recsys_spark.stages import PIPELINE_ORDER, STAGES
@@ -242,6 +243,9 @@ def config_yaml(cfg) -> str:
     return scrub(text, secrets)  # and in a key, should one hold it
 
 
+TEXT_LIMIT = 80  # characters of a title or reason shown in a terminal table
+
+
 def _utc(ts) -> Optional[str]:
     if ts is None:
         return None
@@ -350,13 +354,16 @@ def user_recommendations(lake, user_id: str, k: Optional[int] = None) -> dict:
 
 
 def format_recommendations(answer: dict) -> str:
+    """The answer as a table for a terminal: titles and reasons are catalog text, shown through
+    ``inert_text`` (no control or bidi character reaches the terminal; long ones are cut)."""
     recs = answer["recommendations"]
     head = (
-        f"recommendations for user {answer['user_id']} ({answer['table']} v{answer['version']}, "
-        f"model {answer['model_version']}, run {answer['run_id']}, generated {answer['generated_at']}):"
+        f"recommendations for user {inert_text(answer['user_id'])} ({answer['table']} v{answer['version']}, "
+        f"model {inert_text(answer['model_version'])}, run {inert_text(answer['run_id'])}, generated {answer['generated_at']}):"
     )
     body = [
-        [str(r["rank"]), "" if r["score"] is None else f"{r['score']:.4f}", r["item_id"], r["title"] or "(no title)", r["reason"] or ""]
+        [str(r["rank"]), "" if r["score"] is None else f"{r['score']:.4f}", inert_text(r["item_id"], TEXT_LIMIT),
+         inert_text(r["title"], TEXT_LIMIT) or "(no title)", inert_text(r["reason"], TEXT_LIMIT)]
         for r in recs
     ]
     return head + "\n" + _columns(["rank", "score", "item", "title", "reason"], body, right=(0, 1)) + f"\n{len(recs)} items"

@@ -3,16 +3,20 @@
 ``run_stage`` and ``run_all`` are the only composition of stages: each stage reads its inputs
 from Delta tables and writes its outputs to Delta tables (see ``recsys_spark.stages``). Both are
 recorded in MLflow (``recsys_spark.tracking.experiment``): one parent run per run id, a nested
-run per stage; a tracking failure is a warning and never fails a stage.
+run per stage; a tracking failure is a warning and never fails a stage. A stage that fails
+leaves the run a report saying which stage failed and why (``report.write_failure_report``).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Optional, Sequence
 
 from recsys_spark.core.context import StageContext, StageUnavailable, make_context, new_run_id  # noqa: F401
 from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_function  # noqa: F401
 from recsys_spark.tracking.experiment import tracker_for
+
+log = logging.getLogger(__name__)
 
 
 def run_stage(ctx: StageContext, name: str) -> dict:
@@ -27,10 +31,12 @@ def run_stage(ctx: StageContext, name: str) -> dict:
         ctx.progress(f"stage {name}: started")
         try:
             summary = stage_function(name)(ctx)
-        except Exception as exc:
-            damaged = ctx.lake.damage(exc)  # a damaged Delta log entry: name the table and the way back
+        except Exception as error:
+            damaged = ctx.lake.damage(error)  # a damaged Delta log entry: name the table and the way back
             if damaged is not None:
-                raise damaged from exc
+                _report_failure(ctx, name, damaged)
+                raise damaged from error
+            _report_failure(ctx, name, error)
             raise
         if not isinstance(summary.get("tables"), dict):
             raise TypeError(f"stage {name!r} returned a summary without a 'tables' dict: {sorted(summary)}")
@@ -42,6 +48,17 @@ def run_stage(ctx: StageContext, name: str) -> dict:
             result["tracking"] = record
     ctx.results[name] = result
     return result
+
+
+def _report_failure(ctx: StageContext, name: str, error: BaseException) -> None:
+    """A failed stage still leaves the run a report saying which stage failed and why; a report
+    that cannot be written is a warning, never the error the caller sees."""
+    from recsys_spark.evaluation import report
+
+    try:
+        report.write_failure_report(ctx, name, error)
+    except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to raise
+        log.warning("could not write the failure report of stage %s: %s: %s", name, type(exc).__name__, exc)
 
 
 class StageSelectionError(ValueError):

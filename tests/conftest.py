@@ -42,7 +42,9 @@ HEAVIEST_FIRST = (
     "unit/stages/test_train.py",
     "unit/stages/test_ingest.py",
     "unit/stages/test_score.py",
+    "unit/evaluation/test_report.py",  # ingest + features + evaluate once, and Chromium (~4 min loaded, 2026-12-03)
     "reliability/test_corrupt_artifacts.py",
+    "reliability/test_concurrent_jobs.py",
     "reliability/test_schema_drift.py",
     "reliability/test_resource_limits.py",
     "integration/test_cli.py",

@@ -334,6 +334,25 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     dir: Optional[str] = None  # default <warehouse>/reports
+    # Example users shown: this many drawn by a seeded hash, plus the heaviest and the lightest.
+    example_users: int = 5
+    seed: int = 7
+    last_items: int = 5  # an example user's most recent history items shown
+    # History length buckets (distinct items seen before the test event): cold <= cold_max,
+    # short <= short_max, long above.
+    cold_max_history: int = 5
+    short_max_history: int = 50
+    bootstrap_samples: int = 1000  # paired bootstrap of the LSTM's NDCG lead (evaluate)
+    trend_runs: int = 20  # earlier runs of gold/metrics shown in the trends
+    max_text_chars: int = 200  # a title or reason longer than this is cut for display
+
+    def validate(self, key: str) -> None:
+        for name in ("example_users", "cold_max_history"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        for name in ("last_items", "bootstrap_samples", "trend_runs", "max_text_chars"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _check(self.short_max_history > self.cold_max_history, f"{key}.short_max_history",
+               f"must be > report.cold_max_history ({self.cold_max_history})")
 
 
 # MLflow model names: a registered-model name, or a Unity Catalog <catalog>.<schema>.<name>.

@@ -188,6 +188,56 @@ def ranking_metrics(frame: DataFrame, ks: Sequence[int]) -> DataFrame:
     return _to_rows(aggregated, names)
 
 
+def user_scores(frame: DataFrame, k: int) -> DataFrame:
+    """Per test user NDCG@k and HitRate@k (what the paired bootstrap and the by-history-length
+    table read). Reads (user_id, recs, test_items, test_untied) from ``evaluation_frame``;
+    writes (user_id, test_untied, ndcg, hit_rate)."""
+    per_user = _user_metrics(k)
+    return frame.where(F.size(TEST_ITEMS) > 0).select(
+        USER_ID, TEST_UNTIED, per_user["ndcg"].alias("ndcg"), per_user["hit_rate"].alias("hit_rate")
+    )
+
+
+def paired_bootstrap(
+    differences: Sequence[float], n_users: int, samples: int, seed: int, level: float = 0.95
+) -> dict:
+    """Mean and ``level`` percentile interval of a per-user difference over ``n_users`` users, of
+    which only the non-zero ``differences`` are given (two models usually miss the same users:
+    their difference is 0 and need not reach the driver).
+
+    A Poisson bootstrap: each replicate weighs every user by an independent Poisson(1) draw
+    (the users with a zero difference by one Poisson(n_zero) draw in all), the usual
+    approximation of resampling n of n users that needs no index per user. Seeded, and
+    independent of the order of ``differences``: a rerun gives the same interval. Returns
+    {"mean", "low", "high", "n_users", "samples"}.
+    """
+    import numpy as np
+
+    # Sorted: the draws then depend on the differences, not on the order Spark collected them
+    # in, so a rerun on the same users writes the same interval (the idempotency suite compares).
+    values = np.sort(np.asarray(differences, dtype=np.float64))
+    n_zero = n_users - len(values)
+    if n_users <= 0 or n_zero < 0:
+        raise ValueError(f"paired_bootstrap: {len(values)} non-zero differences for {n_users} users")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, 4_000_000 // max(len(values), 1))  # bounds the weights held at once
+    for start in range(0, samples, chunk):
+        stop = min(samples, start + chunk)
+        weights = rng.poisson(1.0, size=(stop - start, len(values)))
+        total = weights.sum(axis=1) + rng.poisson(float(n_zero), size=stop - start)
+        means[start:stop] = (weights @ values) / np.maximum(total, 1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {
+        "mean": float(values.sum() / n_users),
+        "low": float(low),
+        "high": float(high),
+        "n_users": int(n_users),
+        "samples": int(samples),
+    }
+
+
 def item_popularity(histories: DataFrame, catalog: DataFrame) -> DataFrame:
     """Popularity of every catalog item, from the users' histories.
 

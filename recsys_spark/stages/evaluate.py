@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import reduce
 from typing import Callable, Optional
 
 from pyspark.sql import DataFrame
@@ -37,6 +38,8 @@ from recsys_spark.core.schemas import (
     K,
     METRIC,
     METRICS_TABLE,
+    MODEL,
+    N_HISTORY,
     RUN_ID,
     N_USERS,
     SEEN_ITEMS,
@@ -231,6 +234,75 @@ def _histogram(df: DataFrame) -> list[int]:
     return [counts.get(b, 0) for b in range(HISTOGRAM_BINS)]
 
 
+LEAD_METRICS = ("ndcg_lead", "ndcg_lead_low", "ndcg_lead_high")
+
+
+def ndcg_lead(scores: DataFrame, rows: list[dict], k: int, samples: int, seed: int) -> Optional[dict]:
+    """The lstm's NDCG@k lead over the best baseline (highest NDCG@k, protocol full) on the same
+    users, with a paired bootstrap 95% interval, on all test users (``full``) and the untied
+    ones (``untied``); None when the lstm or every baseline is missing.
+
+    Reads ``scores`` (user_id, test_untied, ndcg, model) of ``metrics.user_scores``; only the
+    users whose two NDCGs differ reach the driver."""
+    full = {r["model"]: r["value"] for r in rows if (r["protocol"], r["metric"], r["k"]) == (FULL, "ndcg", k)}
+    baselines_ndcg = {m: v for m, v in full.items() if m != PIPELINE_MODEL}
+    if PIPELINE_MODEL not in full or not baselines_ndcg:
+        return None
+    best = max(sorted(baselines_ndcg), key=lambda m: baselines_ndcg[m])
+    lstm = scores.where(F.col(MODEL) == PIPELINE_MODEL).select(USER_ID, TEST_UNTIED, F.col("ndcg").alias("_lstm"))
+    base = scores.where(F.col(MODEL) == best).select(USER_ID, F.col("ndcg").alias("_base"))
+    paired = lstm.join(base, USER_ID).select(TEST_UNTIED, (F.col("_lstm") - F.col("_base")).alias("_diff"))
+    tally = paired.agg(
+        F.count(F.lit(1)).alias("users"), F.sum(F.col(TEST_UNTIED).cast("int")).alias("untied")
+    ).first()
+    differing = paired.where(F.col("_diff") != 0).collect()
+    lead: dict = {"baseline": best, "k": k}
+    lead["full"] = metrics.paired_bootstrap([r["_diff"] for r in differing], int(tally["users"]), samples, seed)
+    if tally["untied"]:
+        untied = [r["_diff"] for r in differing if r[TEST_UNTIED]]
+        lead["untied"] = metrics.paired_bootstrap(untied, int(tally["untied"]), samples, seed)
+    return lead
+
+
+def lead_rows(lead: Optional[dict], k: int) -> list[dict]:
+    """gold/metrics rows of the lead: model ``lstm-vs-<baseline>``, protocol full / full_untied,
+    metrics ndcg_lead (the mean difference), ndcg_lead_low and ndcg_lead_high (the interval)."""
+    if not lead:
+        return []
+    out = []
+    for key, protocol in (("full", FULL), ("untied", FULL + UNTIED)):
+        interval = lead.get(key)
+        if interval is None:
+            continue
+        for metric, value in zip(LEAD_METRICS, (interval["mean"], interval["low"], interval["high"])):
+            out.append({"model": f"{PIPELINE_MODEL}-vs-{lead['baseline']}", "protocol": protocol, "metric": metric,
+                        "k": k, "value": value, "n_users": interval["n_users"]})
+    return out
+
+
+HISTORY_BUCKETS = ("cold", "short", "long")
+
+
+def by_history_length(scores: DataFrame, targets: DataFrame, cold_max: int, short_max: int, models: list[str]) -> list[dict]:
+    """Mean NDCG and hit rate per model and history length (distinct items seen before the test
+    event: cold <= ``cold_max`` < short <= ``short_max`` < long), one job; buckets without users
+    are absent. Returns [{"model", "bucket", "users", "ndcg", "hit_rate"}] in model, bucket order."""
+    seen = F.size(SEEN_ITEMS)
+    lengths = targets.select(
+        USER_ID,
+        F.when(seen <= cold_max, "cold").when(seen <= short_max, "short").otherwise("long").alias(N_HISTORY),
+    )
+    grouped = scores.join(lengths, USER_ID).groupBy(MODEL, N_HISTORY).agg(
+        F.count(F.lit(1)).alias("users"), F.avg("ndcg").alias("ndcg"), F.avg("hit_rate").alias("hit_rate")
+    )
+    rows = [
+        {"model": r[MODEL], "bucket": r[N_HISTORY], "users": int(r["users"]),
+         "ndcg": round(float(r["ndcg"]), 5), "hit_rate": round(float(r["hit_rate"]), 5)}
+        for r in grouped.collect()
+    ]
+    return sorted(rows, key=lambda r: (models.index(r["model"]), HISTORY_BUCKETS.index(r["bucket"])))
+
+
 def run(ctx: StageContext) -> dict:
     """Evaluate ``evaluate.baselines`` and, when gold/recommendations exists, the pipeline (lstm)."""
     started = time.perf_counter()
@@ -281,6 +353,7 @@ def run(ctx: StageContext) -> dict:
     histograms: dict[str, list[int]] = {}
     seconds: dict[str, float] = {}
     als_details: dict = {}
+    user_scores: list[DataFrame] = []
     for position, model in enumerate(models, 1):
         if model == CONTENT_MODEL:
             reason = _content_unavailable(ctx)
@@ -301,6 +374,11 @@ def run(ctx: StageContext) -> dict:
         )
         recommended = frame.select(F.explode(F.slice(metrics.RECS, 1, report_k)).alias(ITEM_ID))
         histograms[model] = _histogram(metrics.popularity_histogram(recommended, popularity, HISTOGRAM_BINS))
+        # Per-user NDCG/hit for the lead and the history-length table: four narrow columns,
+        # materialised before the model's evaluation frame (its lists) is dropped.
+        scores = metrics.user_scores(frame, report_k).withColumn(MODEL, F.lit(model)).cache()
+        scores.count()
+        user_scores.append(scores)
         frame.unpersist()
         if model == ALS_MODEL:
             predictions.unpersist()
@@ -313,8 +391,26 @@ def run(ctx: StageContext) -> dict:
     if not rows:
         raise ValueError(f"evaluate: no model could be evaluated ({skipped})")
 
+    all_scores = reduce(DataFrame.unionByName, user_scores)
+    lead = ndcg_lead(all_scores, rows, report_k, ctx.cfg.report.bootstrap_samples, cfg.seed)
+    report_cfg = ctx.cfg.report
+    by_length = by_history_length(all_scores, targets, report_cfg.cold_max_history, report_cfg.short_max_history, list(counts))
+    # matplotlib is the optional "report" extra: imported only when a report is written.
+    from recsys_spark.evaluation import report
+
+    details = {
+        "examples": report.example_users(ctx.lake, targets, report_cfg, report_k),
+        "health": report.pipeline_health(ctx, targets),
+        "lead": lead,
+        "by_history_length": by_length,
+    }
+    for scores in user_scores:
+        scores.unpersist()
+
+    # The lead's rows go to gold/metrics beside the models' (the summary keeps it apart, as "lead").
+    table_rows = rows + lead_rows(lead, report_k)
     table = ctx.spark.createDataFrame(
-        [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in rows],
+        [(ctx.run_id, r["model"], r["protocol"], r["metric"], r["k"], r["value"], r["n_users"]) for r in table_rows],
         METRICS_TABLE.schema,
     )
     # This run's rows replace any earlier rows of the same run_id: a rerun adds nothing twice.
@@ -340,7 +436,7 @@ def run(ctx: StageContext) -> dict:
         "seen_predictions_removed": {m: c["seen_predictions_removed"] for m, c in counts.items()},
         "short_lists": {m: c["short_lists"] for m, c in counts.items()},
         "model_seconds": seconds,
-        "metrics_rows": len(rows),
+        "metrics_rows": len(table_rows),
         "tables": table_versions(written),
         "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
         f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",
@@ -350,9 +446,10 @@ def run(ctx: StageContext) -> dict:
         summary["sampled_users_short_of_negatives"] = negatives_short
     if als_details:
         summary["als"] = als_details
-    # matplotlib is the optional "report" extra: imported only when a report is written.
-    from recsys_spark.evaluation import report
-
+    if lead:
+        summary["lead"] = lead
+    summary["by_history_length"] = by_length
+    details["trend"] = report.metric_trends(ctx.lake, report_k, ctx.cfg.report.trend_runs)
     summary["report"] = report.write_report(
         ctx,
         summary,
@@ -360,5 +457,6 @@ def run(ctx: StageContext) -> dict:
         histograms={"interacted": interacted_histogram, **histograms},
         report_k=report_k,
         evaluate_seconds=round(time.perf_counter() - started, 2),
+        details=details,
     )
     return summary

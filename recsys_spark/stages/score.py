@@ -15,7 +15,8 @@ the previous version stays readable (``versionAsOf``) for rollback.
 - ``reason``: "because you watched <title>", the history item whose text vector is most similar
   to the recommended item. Users with fewer than ``score.min_history`` events or without
   candidates get popular unseen items, with reason "popular: ..."; the same items fill lists
-  that have fewer than ``score.k`` scored candidates.
+  that have fewer than ``score.k`` scored candidates. The title in a reason is catalog text made
+  inert (``core.display.inert_column``: no control or bidi character, at most 200 characters).
 - No item of a user's ``seen_items`` is recommended: candidates are filtered again (retrieve
   excludes them already, but candidates may predate the user's newest events) and so is the fill.
 - ``score.mode=incremental`` rescores only users with events ingested after the previous scoring
@@ -36,6 +37,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark.core.context import StageContext
+from recsys_spark.core.display import inert_column
 from recsys_spark.models import popularity
 from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.models.sequence import cached_ranker, rank_candidates
@@ -214,9 +216,9 @@ def with_reasons(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, t
             REASON,
             F.when(
                 F.col(POPULARITY).isNotNull(),
-                F.format_string("popular: %s is in the history of %d users", F.coalesce("_title", ITEM_ID), POPULARITY),
+                F.format_string("popular: %s is in the history of %d users", inert_column(F.coalesce("_title", ITEM_ID)), POPULARITY),
             )
-            .when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you watched "), F.coalesce("_because_title", BECAUSE)))
+            .when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you watched "), inert_column(F.coalesce("_because_title", BECAUSE))))
             .otherwise(F.lit("close to your history")),
         )
     )

@@ -83,6 +83,10 @@ OUT_OF_RANGE = [
     ("evaluate.ks=[0]", "evaluate.ks"),
     ("evaluate.protocols=[online]", "evaluate.protocols"),
     ("evaluate.baselines=[magic]", "evaluate.baselines"),
+    ("report.example_users=-1", "report.example_users"),
+    ("report.bootstrap_samples=0", "report.bootstrap_samples"),
+    ("report.max_text_chars=0", "report.max_text_chars"),
+    ("report.short_max_history=5", "report.short_max_history"),  # not above cold_max_history (5)
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
 from recsys_spark.evaluation import metrics as M
@@ -212,3 +213,29 @@ def test_sampled_negatives_are_unseen_distinct_and_seeded(spark, distribution):
         assert not {"i0", "i1", "i28", "i29"} & set(negatives)
     again = {r[USER_ID]: r[M.NEGATIVES] for r in M.sampled_negatives(targets, pop, 8, distribution, seed=5).collect()}
     assert again == rows
+
+
+def test_paired_bootstrap_matches_resampling_users_and_ignores_order():
+    rng = np.random.default_rng(0)
+    n_users = 2_000
+    differences = np.where(rng.random(n_users) < 0.1, rng.normal(0.05, 0.3, n_users), 0.0)
+    non_zero = differences[differences != 0]
+    got = M.paired_bootstrap(non_zero.tolist(), n_users, samples=2_000, seed=3)
+    # The textbook paired bootstrap (n of n users with replacement, zeros included) as the oracle.
+    resampled = differences[rng.integers(0, n_users, size=(2_000, n_users))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    assert got["mean"] == pytest.approx(differences.mean())
+    assert got["low"] == pytest.approx(low, abs=0.003) and got["high"] == pytest.approx(high, abs=0.003)
+    assert got["low"] < got["mean"] < got["high"] and (got["n_users"], got["samples"]) == (n_users, 2_000)
+    assert M.paired_bootstrap(non_zero[::-1].tolist(), n_users, 2_000, 3) == got  # order-free, seeded
+    assert M.paired_bootstrap([], 10, 100, 3) == {"mean": 0.0, "low": 0.0, "high": 0.0, "n_users": 10, "samples": 100}
+    with pytest.raises(ValueError, match="3 non-zero differences for 2 users"):
+        M.paired_bootstrap([0.1, 0.2, 0.3], 2, 100, 3)
+
+
+def test_user_scores_average_to_the_ranking_metrics(spark, hand_worked):
+    frame = M.evaluation_frame(M.rank_lists(hand_worked[1]), hand_worked[0], 3)
+    per_user = {r["user_id"]: r for r in M.user_scores(frame, 3).collect()}
+    means = {(r["metric"], r["k"]): r["value"] for r in M.ranking_metrics(frame, [3]).collect()}
+    assert sum(r["ndcg"] for r in per_user.values()) / len(per_user) == pytest.approx(means[("ndcg", 3)])
+    assert sum(r["hit_rate"] for r in per_user.values()) / len(per_user) == pytest.approx(means[("hit_rate", 3)])

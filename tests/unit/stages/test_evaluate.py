@@ -136,7 +136,18 @@ def test_evaluate_all_models_protocols_and_report(make_ctx, tmp_path):
     assert all(r["value"] is not None and not math.isnan(r["value"]) for r in rows)
     assert {r["n_users"] for r in rows if r["protocol"] == "full"} == {12}
     assert {r["n_users"] for r in rows if r["protocol"] == "full_untied"} == {6}
-    assert {r["metric"] for r in rows} == {"recall", "ndcg", "hit_rate", "mrr", "coverage", "novelty", "pop_percentile"}
+    assert {r["metric"] for r in rows if r["model"] in summary["models"]} == {
+        "recall", "ndcg", "hit_rate", "mrr", "coverage", "novelty", "pop_percentile"
+    }
+    # The lstm's lead over the best baseline at K=3, with its paired bootstrap interval.
+    lead = summary["lead"]
+    assert lead["k"] == 3 and lead["baseline"] in BASELINE_MODELS
+    assert lead["full"]["low"] <= lead["full"]["mean"] <= lead["full"]["high"]
+    assert lead["full"]["mean"] == pytest.approx(lstm["ndcg@3"] - summary["metrics"][lead["baseline"]]["ndcg@3"], abs=1e-4)
+    lead_rows = {(r["protocol"], r["metric"]): r for r in rows if r["model"] == f"lstm-vs-{lead['baseline']}"}
+    assert set(lead_rows) == {(p, m) for p in ("full", "full_untied") for m in evaluate.LEAD_METRICS}
+    assert lead_rows[("full", "ndcg_lead")]["n_users"] == 12 and lead_rows[("full_untied", "ndcg_lead")]["n_users"] == 6
+    assert {r["bucket"] for r in summary["by_history_length"]} == {"cold"}  # 4 items seen each, <= 5
 
     html = Path(summary["report"]["html"]).read_text()
     markdown = Path(summary["report"]["markdown"]).read_text()

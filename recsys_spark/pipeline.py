@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Sequence
 
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext, StageUnavailable, make_context, new_run_id  # noqa: F401
 from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_function  # noqa: F401
 from recsys_spark.tracking.experiment import tracker_for
@@ -24,7 +25,8 @@ def run_stage(ctx: StageContext, name: str) -> dict:
     with tracker_for(ctx).stage(name, ctx) as tracked:
         started = time.perf_counter()
         ctx.progress(f"stage {name}: started")
-        summary = stage_function(name)(ctx)
+        with progress.stage(ctx.spark, name):
+            summary = stage_function(name)(ctx)
         if not isinstance(summary.get("tables"), dict):
             raise TypeError(f"stage {name!r} returned a summary without a 'tables' dict: {sorted(summary)}")
         seconds = round(time.perf_counter() - started, 2)

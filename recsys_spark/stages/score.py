@@ -35,6 +35,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.models import popularity
 from recsys_spark.core.lakehouse import table_versions
@@ -272,6 +273,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
     """Score the users of ``sequences`` (all of them, or the changed ones) and write their rows."""
     sc = ctx.cfg.score
     lake = ctx.lake
+    progress.describe(ctx.spark, f"{mode} scoring: the users to score and their candidates")
     users = sequences.count()
     candidates = lake.read(CANDIDATES_TABLE).join(sequences.select(USER_ID), USER_ID).join(
         seen_pairs(sequences), [USER_ID, ITEM_ID], "left_anti"
@@ -317,6 +319,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         )
         .cache()
     )
+    progress.describe(ctx.spark, "ranking, reasons and popular fill -> gold/recommendations")
     try:
         counts = final.agg(
             F.count(F.lit(1)).alias("rows"),

@@ -61,7 +61,7 @@ SCORE_MODES = ("full", "incremental")
 EVALUATE_PROTOCOLS = ("full", "sampled")
 SAMPLED_DISTRIBUTIONS = ("uniform", "popularity")
 # auto: a live bar when stderr is a terminal, plain log lines otherwise (recsys_spark.core.progress).
-PROGRESS_MODES = ("auto", "bar", "lines", "off")
+PROGRESS_MODES = ("auto", "bar", "lines", "none")  # not "off": YAML reads it as false
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ counter's done/total, its rate and an estimate of the time left.
   the ``recsys_spark.progress`` logger, without escape codes, at a bounded rate: at most one per
   ``progress.interval_s`` seconds, and one when a counter already shown crosses a 25% step or
   ends. Work that ends within ``interval_s`` says nothing beyond the stage's own start/done lines.
-- ``progress.mode=off``, or a log level above INFO (``recsys-spark -q``), says nothing.
+- ``progress.mode=none``, or a log level above INFO (``recsys-spark -q``), says nothing.
 
 Spark's own console progress bar stays off (``recsys_spark.core.session``): it would draw over
 this line and over the logs. A Spark Connect session has no ``sparkContext``: there the reporter
@@ -111,7 +111,7 @@ class Progress:
     """The reporter: :meth:`stage` around each pipeline stage, :meth:`describe` and
     :meth:`step` from inside it, :meth:`poll` from the poller thread (or a test).
 
-    ``mode``: ``bar``, ``lines`` or ``off`` (``auto`` resolved by :meth:`from_config`).
+    ``mode``: ``bar``, ``lines`` or ``none`` (``auto`` resolved by :meth:`from_config`).
     ``tracker``: Spark's status tracker, or None (Spark Connect, no session): steps only.
     ``clock`` and ``stream`` are seams for tests."""
 
@@ -142,13 +142,13 @@ class Progress:
     @classmethod
     def from_config(cls, cfg: ProgressConfig, stream: Optional[TextIO] = None) -> "Progress":
         """``progress.mode`` resolved: ``auto`` is a bar on a terminal, lines otherwise; and
-        ``off`` whatever the mode when INFO is not logged (``-q``)."""
+        ``none`` whatever the mode when INFO is not logged (``-q``)."""
         stream = stream if stream is not None else sys.stderr
         mode = cfg.mode
         if mode == "auto":
             mode = "bar" if _isatty(stream) else "lines"
         if not log.isEnabledFor(logging.INFO):
-            mode = "off"
+            mode = "none"
         return cls(mode=mode, interval_s=cfg.interval_s, poll_s=cfg.poll_s, stream=stream)
 
     # ---- the life of a command ------------------------------------------------------------
@@ -157,7 +157,7 @@ class Progress:
         self.tracker = status_tracker(spark)
 
     def start(self) -> None:
-        if self.mode == "off" or self._thread is not None:
+        if self.mode == "none" or self._thread is not None:
             return
         self._stop.clear()
         if self.mode == "bar":
@@ -203,7 +203,7 @@ class Progress:
     def step(self, name: str, done: int, total: int, unit: str = "items") -> None:
         with self._lock:
             stage = self._stage
-            if stage is None or self.mode == "off":
+            if stage is None or self.mode == "none":
                 return
             counter = stage.steps.get(name)
             if counter is None:
@@ -215,7 +215,7 @@ class Progress:
         """Read the tracker, then draw the bar or log the lines that are due."""
         with self._lock:
             stage = self._stage
-            if stage is None or self.mode == "off":
+            if stage is None or self.mode == "none":
                 return
             now = self.clock()
             ended = self._read_tracker(stage, now)

@@ -152,10 +152,10 @@ def test_not_a_terminal_means_lines_and_never_an_escape_code(lines):
 
 def test_quiet_logging_turns_progress_off(caplog):
     caplog.set_level(logging.WARNING, logger="recsys_spark")
-    assert Progress.from_config(ProgressConfig(mode="bar"), stream=TtyStream()).mode == "off"
+    assert Progress.from_config(ProgressConfig(mode="bar"), stream=TtyStream()).mode == "none"
     caplog.set_level(logging.INFO, logger="recsys_spark")
-    assert Progress.from_config(ProgressConfig(mode="off"), stream=TtyStream()).mode == "off"
-    reporter = Progress(mode="off", tracker=FakeTracker())
+    assert Progress.from_config(ProgressConfig(mode="none"), stream=TtyStream()).mode == "none"
+    reporter = Progress(mode="none", tracker=FakeTracker())
     reporter.start()
     assert reporter._thread is None  # no poller at all
 

@@ -135,6 +135,7 @@ class Progress:
         self._last_line = 0.0
         self._last_shown: Optional[tuple] = None  # what the last plain line showed
         self._drawn = False  # the bar is on screen (the cursor sits at its end)
+        self._shown_bar = ""
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._poll_failed = False
@@ -262,18 +263,21 @@ class Progress:
         stage = self._stage
         return [] if stage is None else [*stage.steps.values(), *stage.spark.values()]
 
-    def status(self, now: Optional[float] = None) -> str:
-        """The current line, without escape codes: ``stage · step · counter | counter``."""
+    def status(self, now: Optional[float] = None, width: Optional[int] = None) -> str:
+        """The current line, without escape codes: ``stage · step · counter | counter``; with
+        ``width``, the step is shortened first (the counts are what the line is for)."""
         with self._lock:
             stage = self._stage
             if stage is None:
                 return ""
             now = self.clock() if now is None else now
-            head = [f"{stage.name} {_duration(now - stage.started)}"]
-            if stage.step:
-                head.append(stage.step)
+            head = f"{stage.name} {_duration(now - stage.started)}"
             counters = " | ".join(c.text(now) for c in self.counters())
-            return " · ".join(head + ([counters] if counters else []))
+            step = stage.step or ""
+            if width is not None and step:
+                room = width - len(head) - (len(counters) + 3 if counters else 0) - 3
+                step = step if len(step) <= room else step[: room - 1] + "…" if room > 8 else ""
+            return " · ".join(part for part in (head, step, counters) if part)
 
     def _lines(self, stage: _Stage, now: float, ended: list) -> None:
         for counter in ended:
@@ -298,14 +302,17 @@ class Progress:
 
     # ---- the bar ----------------------------------------------------------------------------
     def _draw(self, stage: _Stage, now: float) -> None:
-        text = self.status(now)
+        width = shutil.get_terminal_size((100, 20)).columns - 1
         counters = self.counters()
+        bar = ""
         if counters and counters[0].total > 0:
             filled = int(counters[0].fraction() * BAR_WIDTH)
-            text = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {text}"
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        self._write(_ERASE_LINE + text[:width])
-        self._drawn = True
+            bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+        text = (bar + self.status(now, width - len(bar)))[:width]
+        if self._drawn and text == self._shown_bar:
+            return  # the same line again: nothing to redraw
+        self._write(_ERASE_LINE + text)
+        self._drawn, self._shown_bar = True, text
 
     def clear(self) -> None:
         """Take the bar off the screen (before a log record, at a stage's end)."""

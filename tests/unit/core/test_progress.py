@@ -139,6 +139,18 @@ def test_a_bar_on_a_terminal_redraws_one_line_and_clears_it(lines):
     assert lines() == []  # the bar instead of lines, not both
 
 
+def test_a_narrow_terminal_shortens_the_step_not_the_counts():
+    tracker, clock = FakeTracker(), Clock()
+    reporter = Progress(mode="bar", stream=TtyStream(), tracker=tracker, clock=clock)
+    with reporter.stage("ingest"):
+        reporter.describe("events: 1 new file(s) -> bronze/silver events, quarantine")
+        tracker.run(12, done=0, total=1)
+        reporter.poll()
+        line = reporter.status(width=70)
+    assert line == "ingest 0s · events: 1 new file(s) -> … · Spark stage 12 0/1 tasks (0%)"
+    assert len(line) <= 70
+
+
 def test_not_a_terminal_means_lines_and_never_an_escape_code(lines):
     stream = io.StringIO()
     reporter = Progress.from_config(ProgressConfig(mode="auto", interval_s=0), stream=stream)

@@ -134,7 +134,7 @@ class Progress:
         self._stage: Optional[_Stage] = None
         self._last_line = 0.0
         self._last_shown: Optional[tuple] = None  # what the last plain line showed
-        self._drawn = False  # the bar is on screen (the cursor sits at its end)
+        self._drawn = False  # the bar is on screen (the cursor at the start of its line)
         self._shown_bar = ""
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -311,7 +311,10 @@ class Progress:
         text = (bar + self.status(now, width - len(bar)))[:width]
         if self._drawn and text == self._shown_bar:
             return  # the same line again: nothing to redraw
-        self._write(_ERASE_LINE + text)
+        # The cursor goes back to the line's start: what the JVM or a library writes to the same
+        # terminal (log4j warnings, model-loading bars) then overwrites the bar instead of
+        # being glued to its end.
+        self._write(_ERASE_LINE + text + "\r")
         self._drawn, self._shown_bar = True, text
 
     def clear(self) -> None:

@@ -72,11 +72,13 @@ class Counter:
         return max(0, self.total - self.done) / rate if rate else None
 
     def text(self, now: float) -> str:
-        """``label 5/8 tasks (62%) 2.1 tasks/s ETA 2s``: no escape codes."""
+        """``label 5/8 tasks (62%) 2.1 tasks/s ETA 2s`` (``... 1 per 40s ...`` when slower than
+        one a second): no escape codes."""
         parts = [f"{self.label} {self.done}/{self.total} {self.unit} ({int(self.fraction() * 100)}%)"]
         rate = self.rate(now)
         if rate is not None:
-            parts.append(f"{_rate(rate)} {self.unit}/s")
+            # Under one a second, "1 per 29s" reads better than 0.034 models/s.
+            parts.append(f"{_rate(rate)} {self.unit}/s" if rate >= 1 else f"1 per {_duration(1 / rate)}")
         eta = self.eta(now)
         if eta is not None and self.done < self.total:
             parts.append(f"ETA {_duration(eta)}")
@@ -84,7 +86,7 @@ class Counter:
 
 
 def _rate(rate: float) -> str:
-    return f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}" if rate >= 0.1 else f"{rate:.2g}"
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
 
 
 def _duration(seconds: float) -> str:

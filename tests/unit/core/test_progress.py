@@ -65,9 +65,9 @@ def lines(caplog):
 
 def test_counter_text_has_done_total_rate_and_eta():
     counter = Counter("Spark stage 3", "tasks", total=8, done=2, started=0.0, first_done=0)
-    assert counter.text(now=4.0) == "Spark stage 3 2/8 tasks (25%) 0.5 tasks/s ETA 12s"
+    assert counter.text(now=4.0) == "Spark stage 3 2/8 tasks (25%) 1 per 2s ETA 12s"
     counter.done = 8
-    assert counter.text(now=16.0) == "Spark stage 3 8/8 tasks (100%) 0.5 tasks/s"  # no ETA once done
+    assert counter.text(now=16.0) == "Spark stage 3 8/8 tasks (100%) 1 per 2s"  # no ETA once done
     assert Counter("models", "models", 5, 0, 0.0, 0).text(now=3.0) == "models 0/5 models (0%)"  # no rate yet
     assert progress._duration(125) == "2m05s" and progress._duration(7300) == "2h01m"
 
@@ -86,7 +86,7 @@ def test_lines_carry_stage_step_and_done_total_at_a_bounded_rate(lines):
         clock.now += 9
         tracker.run(7, done=3, total=8)
         reporter.poll()
-        assert lines() == ["progress: ingest 11s · reading events · Spark stage 7 3/8 tasks (37%) 0.3 tasks/s ETA 18s"]
+        assert lines() == ["progress: ingest 11s · reading events · Spark stage 7 3/8 tasks (37%) 1 per 4s ETA 18s"]
         clock.now += 1
         tracker.run(7, done=4, total=8)  # crosses 50%: a line, though interval_s has not passed
         reporter.poll()

@@ -3,7 +3,7 @@
 A :class:`Progress` reporter runs one poller thread for the life of a command. Every
 ``poll_s`` it reads Spark's status tracker (``sparkContext.statusTracker()``: the active stages'
 done/total tasks) and the Python-side steps a stage reports through :func:`step` (a loop's
-done/total: evaluated models, k-means iterations), and says, for the running pipeline stage:
+done/total: evaluated models, ALS grid points, k-means iterations), and says, for the running pipeline stage:
 the stage, the step (the Spark job description the stage set through :func:`describe`), each
 counter's done/total, its rate and an estimate of the time left.
 

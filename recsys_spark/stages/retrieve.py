@@ -221,6 +221,7 @@ def run(ctx: StageContext) -> dict:
     """Write gold/candidates and gold/similar_items; return counts, timings, recall and indexes."""
     rc = ctx.cfg.retrieve
     lake = ctx.lake
+    progress.describe(ctx.spark, "item vectors, the index and the users' queries")
     sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS)
     text_version = lake.version(ITEM_EMBEDDINGS_TABLE)
 

@@ -292,7 +292,7 @@ def run(ctx: StageContext) -> dict:
                 continue
         ctx.progress(f"evaluate: model {model} ({position}/{len(models)})")
         progress.describe(ctx.spark, f"model {model}")
-        progress.step("models", position - 1, len(models), unit="models")
+        progress.step("evaluated", position - 1, len(models), unit="models")
         model_started = time.perf_counter()
         if model == ALS_MODEL:
             predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
@@ -311,7 +311,7 @@ def run(ctx: StageContext) -> dict:
         rows += model_rows
         seconds[model] = round(time.perf_counter() - model_started, 2)
         log.info("evaluate: %s done in %.1fs: %s", model, seconds[model], _compact(model_rows, FULL).get(model))
-    progress.step("models", len(models), len(models), unit="models")
+    progress.step("evaluated", len(models), len(models), unit="models")
     progress.describe(ctx.spark, "gold/metrics and the report")
     interacted_histogram = _histogram(
         metrics.popularity_histogram(targets.select(F.explode(HISTORY_ITEMS).alias(ITEM_ID)), popularity, HISTOGRAM_BINS)

@@ -10,9 +10,10 @@ counter's done/total, its rate and an estimate of the time left.
 - On a terminal (``stderr.isatty()``, or ``progress.mode=bar``) that is one live line redrawn in
   place (``\\r``); a log record clears it first, so logs and the bar do not interleave.
 - Otherwise (a log file, a job, CI; or ``progress.mode=lines``) it is a plain INFO log line of
-  the ``recsys_spark.progress`` logger, without escape codes, at a bounded rate: at most one per
-  ``progress.interval_s`` seconds, and one when a counter already shown crosses a 25% step or
-  ends. Work that ends within ``interval_s`` says nothing beyond the stage's own start/done lines.
+  the ``recsys_spark.core.progress`` logger, without escape codes, at a bounded rate: at most
+  one per ``progress.interval_s`` seconds, and one when a counter already shown crosses a 25%
+  step or, having run that long, ends. Work that ends within ``interval_s`` says nothing beyond
+  the stage's own start/done lines.
 - ``progress.mode=none``, or a log level above INFO (``recsys-spark -q``), says nothing.
 
 Spark's own console progress bar stays off (``recsys_spark.core.session``): it would draw over
@@ -283,7 +284,9 @@ class Progress:
 
     def _lines(self, stage: _Stage, now: float, ended: list) -> None:
         for counter in ended:
-            if counter.shown_quarter >= 0:  # shown before: say that it ended
+            # Shown before and long-running: say that it ended (a one-task stage of a few
+            # seconds that a line happened to catch is not worth a second line).
+            if counter.shown_quarter >= 0 and now - counter.started >= self.interval_s:
                 how = "done" if counter.done >= counter.total else "ended at"  # a failed or cancelled stage
                 log.info("progress: %s · %s %s %d/%d %s in %s", stage.name, counter.label, how, counter.done,
                          counter.total, counter.unit, _duration(now - counter.started))

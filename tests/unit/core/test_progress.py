@@ -102,6 +102,19 @@ def test_lines_carry_stage_step_and_done_total_at_a_bounded_rate(lines):
     assert len(lines()) == 3 and not any(ESCAPE.search(line) for line in lines())
 
 
+def test_a_short_spark_stage_a_line_caught_ends_without_a_second_line(lines):
+    tracker, clock = FakeTracker(), Clock()
+    reporter = Progress(mode="lines", interval_s=10, tracker=tracker, clock=clock)
+    with reporter.stage("ingest"):
+        clock.now += 10
+        tracker.run(3, done=0, total=1)
+        reporter.poll()
+        clock.now += 2
+        tracker.end(3)
+        reporter.poll()
+    assert lines() == ["progress: ingest 10s · Spark stage 3 0/1 tasks (0%)"]
+
+
 def test_python_steps_report_beside_spark_through_the_module_api(lines):
     tracker, clock = FakeTracker(), Clock()
     reporter = Progress(mode="lines", interval_s=0, poll_s=3600, tracker=tracker, clock=clock)  # polled by the test

@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import timezone
 from typing import Optional, Sequence
 
 from recsys_spark import __version__, pipeline
-from recsys_spark.core import schemas
+from recsys_spark.core import progress, schemas
 from recsys_spark.core.config import ConfigError, load_config, redact, scrub, secret_values
 from recsys_spark.core.context import StageUnavailable, make_context
 from recsys_spark.core.display import inert_text
@@ -63,7 +64,10 @@ def _common_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config key, e.g. --set warehouse=/tmp/wh --set train.epochs=3 (repeatable)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="warnings and errors only: no progress (default: $RECSYS_LOG_LEVEL or INFO)")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,14 +134,33 @@ def _publish_task_values(spark, summary: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.stage in QUESTIONS:
-        return _answer(args)
-    return _run_stages(args)
+    level = log_level(args)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # basicConfig leaves a logging set up before alone (a notebook, a test, main() called twice):
+    # the package's logger takes the level for this command, and gives it back after.
+    previous = log.level
+    log.setLevel(level)
+    try:
+        if args.stage in QUESTIONS:
+            return _answer(args)
+        return _run_stages(args)
+    finally:
+        log.setLevel(previous)
+
+
+LOG_LEVEL_ENV = "RECSYS_LOG_LEVEL"
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """``-q``: WARNING (no progress either); ``-v``: DEBUG; neither: ``$RECSYS_LOG_LEVEL``
+    (a level name, e.g. WARNING for a job's log) or INFO."""
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    if getattr(args, "verbose", False):
+        return logging.DEBUG
+    name = os.environ.get(LOG_LEVEL_ENV, "").strip().upper()
+    level = logging.getLevelName(name) if name else logging.INFO
+    return level if isinstance(level, int) else logging.INFO
 
 
 # ---- stage commands: the last stdout line is JSON ------------------------------------------
@@ -170,10 +193,11 @@ def _run_stages(args: argparse.Namespace) -> int:
         spark = get_spark(cfg)
         databricks.prepare_catalog(spark, cfg)
         ctx = make_context(spark, cfg, args.run_id)
-        if args.stage == "run":
-            summary = pipeline.run_all(ctx, stages, on_stage=stage_ended)
-        else:
-            summary = pipeline.run_stage(ctx, args.stage)
+        with progress.active(progress.Progress.from_config(cfg.progress), spark):
+            if args.stage == "run":
+                summary = pipeline.run_all(ctx, stages, on_stage=stage_ended)
+            else:
+                summary = pipeline.run_stage(ctx, args.stage)
     except (StageUnavailable, FileNotFoundError, ValueError, ConfigError) as exc:
         print(f"recsys-spark {args.stage}: {exc}", file=sys.stderr)
         _emit(failure(str(exc)))

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Callable, Optional, Sequence
 
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext, StageUnavailable, make_context, new_run_id  # noqa: F401
 from recsys_spark.stages import PIPELINE_ORDER, STAGES, stage_function  # noqa: F401
 from recsys_spark.tracking.experiment import tracker_for
@@ -30,7 +31,8 @@ def run_stage(ctx: StageContext, name: str) -> dict:
         started = time.perf_counter()
         ctx.progress(f"stage {name}: started")
         try:
-            summary = stage_function(name)(ctx)
+            with progress.stage(ctx.spark, name):
+                summary = stage_function(name)(ctx)
         except Exception as error:
             damaged = ctx.lake.damage(error)  # a damaged Delta log entry: name the table and the way back
             if damaged is not None:

@@ -60,6 +60,8 @@ RETRIEVE_QUERIES = ("auto", "interests", "lstm")
 SCORE_MODES = ("full", "incremental")
 EVALUATE_PROTOCOLS = ("full", "sampled")
 SAMPLED_DISTRIBUTIONS = ("uniform", "popularity")
+# auto: a live bar when stderr is a terminal, plain log lines otherwise (recsys_spark.core.progress).
+PROGRESS_MODES = ("auto", "bar", "lines", "none")  # not "off": YAML reads it as false
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,20 @@ class ReportConfig:
                f"must be > report.cold_max_history ({self.cold_max_history})")
 
 
+@dataclass(frozen=True)
+class ProgressConfig:
+    """What the driver says while a stage works (``recsys_spark.core.progress``)."""
+
+    mode: str = "auto"
+    interval_s: float = 15.0  # plain lines: at most one per this many seconds (and at 25% steps)
+    poll_s: float = 0.5  # how often Spark's status tracker is read
+
+    def validate(self, key: str) -> None:
+        _check_choice(self.mode, PROGRESS_MODES, f"{key}.mode")
+        _check(self.interval_s >= 0, f"{key}.interval_s", "must be >= 0")
+        _check(self.poll_s > 0, f"{key}.poll_s", "must be > 0")
+
+
 # MLflow model names: a registered-model name, or a Unity Catalog <catalog>.<schema>.<name>.
 MODEL_NAME_PATTERN = r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+){0,2}"
 UNITY_CATALOG_REGISTRY = "databricks-uc"
@@ -413,6 +429,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
 
     def validate(self, key: str = "") -> None:
         _check(bool(self.warehouse), "warehouse", "must not be empty")

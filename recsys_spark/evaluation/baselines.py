@@ -19,6 +19,7 @@ from typing import Iterable
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark.core import progress
 from recsys_spark.evaluation import metrics
 from recsys_spark.models import popularity as popular
 from recsys_spark.models.popularity import item_counts
@@ -147,13 +148,15 @@ def tune_als(
     if not grid:
         raise ValueError("evaluate: the ALS grid is empty (evaluate.als_ranks / als_reg_params / als_alphas)")
     scores = []
-    for params in grid:
+    for point, params in enumerate(grid):
+        progress.step("ALS grid", point, len(grid), unit="points")
         predictions = als(train_histories, val_queries, k, params)
         frame = metrics.evaluation_frame(metrics.rank_lists(predictions, k), val_targets, k)
         rows = metrics.ranking_metrics(frame, [k]).where(F.col("metric") == "ndcg").first()
         predictions.unpersist()
         scores.append({"rank": params.rank, "reg_param": params.reg_param, "alpha": params.alpha, f"val_ndcg@{k}": rows["value"]})
         log.info("als grid point %s: validation NDCG@%d = %.4f", params, k, rows["value"])
+    progress.step("ALS grid", len(grid), len(grid), unit="points")
     best = max(range(len(scores)), key=lambda i: scores[i][f"val_ndcg@{k}"])
     return grid[best], scores
 

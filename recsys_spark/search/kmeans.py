@@ -17,6 +17,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark.core import progress
 from recsys_spark.core.session import default_parallelism
 from recsys_spark.search.codec import VEC, column, to_matrix
 from recsys_spark.search.kernels import normalize_rows
@@ -133,7 +134,8 @@ def _train_in_spark(sample: DataFrame, nlist: int, iterations: int, seed: int) -
             raise ValueError("IVF index: the k-means sample is empty")
         pool = np.stack([np.frombuffer(row[VEC], dtype=np.float32) for row in pool])
         centroids = seed_centroids(pool, nlist, np.random.default_rng(seed))
-        for _ in range(iterations):
+        for iteration in range(iterations):
+            progress.step("k-means", iteration, iterations, unit="iterations")
             stats = sample.mapInArrow(partial(_partition_stats, centroids), "cell int, n long, total binary")
             counts = np.zeros(len(centroids), dtype=np.int64)
             sums = np.zeros(centroids.shape, dtype=np.float64)
@@ -141,6 +143,7 @@ def _train_in_spark(sample: DataFrame, nlist: int, iterations: int, seed: int) -
                 counts[row["cell"]] += row["n"]
                 sums[row["cell"]] += np.frombuffer(row["total"], dtype=np.float64)
             centroids = _kmeans_update(counts, sums, centroids)
+        progress.step("k-means", iterations, iterations, unit="iterations")
     finally:
         sample.unpersist()
     return centroids

@@ -33,6 +33,7 @@ from pyspark.sql import types as T
 from pyspark.storagelevel import StorageLevel
 
 from recsys_spark.models import text as text_model
+from recsys_spark.core import progress
 from recsys_spark.core.config import ConfigError, EncodeConfig
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import WriteResult, table_versions
@@ -336,6 +337,7 @@ def run(ctx: StageContext) -> dict:
     existing = lake.read(ITEM_EMBEDDINGS_TABLE) if table_exists else None
     plan = plan_encoding(texts, existing, cfg.model, version)
 
+    progress.describe(ctx.spark, "planning: which items are new or changed")
     counts = {
         (row[ACTION], row["was_active"]): row["count"]
         for row in plan.groupBy(ACTION, "was_active").count().collect()
@@ -361,6 +363,7 @@ def run(ctx: StageContext) -> dict:
     encoded = encode_texts(to_encode, spec).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         started = time.perf_counter()
+        progress.describe(ctx.spark, f"encoding {by_action[ENCODE]} item texts with {model.name}")
         try:
             stats = encoded.agg(
                 F.count(F.lit(1)).alias("n"),
@@ -388,6 +391,7 @@ def run(ctx: StageContext) -> dict:
                 *[F.col(c) for c in ITEM_EMBEDDINGS.fieldNames() if c != ACTIVE], F.col("_now_active").alias(ACTIVE)
             )
             changes = changes.unionByName(flipped)
+        progress.describe(ctx.spark, "writing gold/item_embeddings")
         if not table_exists:
             written = lake.replace(changes, ITEM_EMBEDDINGS_TABLE)
         elif stats["n"] or deactivated or by_action[REACTIVATE]:

@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import baselines, metrics
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
@@ -310,6 +311,7 @@ def run(ctx: StageContext) -> dict:
     ks = metrics.check_ks(cfg.ks)
     sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
     require_columns(sequences, USER_SEQUENCES.fieldNames(), str(USER_SEQUENCES_TABLE))
+    progress.describe(ctx.spark, "test targets, catalog and popularity")
     targets = test_targets(sequences).cache()
     n_test = targets.count()
     if n_test == 0:
@@ -362,6 +364,8 @@ def run(ctx: StageContext) -> dict:
                 log.warning("evaluate: model content skipped: %s", reason)
                 continue
         ctx.progress(f"evaluate: model {model} ({position}/{len(models)})")
+        progress.describe(ctx.spark, f"model {model}")
+        progress.step("evaluated", position - 1, len(models), unit="models")
         model_started = time.perf_counter()
         if model == ALS_MODEL:
             predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
@@ -385,6 +389,8 @@ def run(ctx: StageContext) -> dict:
         rows += model_rows
         seconds[model] = round(time.perf_counter() - model_started, 2)
         log.info("evaluate: %s done in %.1fs: %s", model, seconds[model], _compact(model_rows, FULL).get(model))
+    progress.step("evaluated", len(models), len(models), unit="models")
+    progress.describe(ctx.spark, "gold/metrics and the report")
     interacted_histogram = _histogram(
         metrics.popularity_histogram(targets.select(F.explode(HISTORY_ITEMS).alias(ITEM_ID)), popularity, HISTOGRAM_BINS)
     )

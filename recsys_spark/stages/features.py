@@ -26,6 +26,7 @@ import logging
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark.core import progress
 from recsys_spark.core.config import FeaturesConfig
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import table_versions
@@ -188,7 +189,9 @@ def run(ctx: StageContext) -> dict:
     """The features stage: replace gold/user_sequences in one commit; summary of users and split."""
     events = ctx.lake.read(SILVER_EVENTS_TABLE)
     sequences = build_sequences(events, ctx.cfg.features)
+    progress.describe(ctx.spark, "silver/events -> gold/user_sequences (sort, split)")
     written = ctx.lake.replace(sequences, USER_SEQUENCES_TABLE)
+    progress.describe(ctx.spark, "counting users and the split")
     stored = ctx.lake.read(USER_SEQUENCES_TABLE, version=written.version)
     stats = stored.agg(
         F.count(F.lit(1)).alias("users"),

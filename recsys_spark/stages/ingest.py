@@ -23,6 +23,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.io import sources
+from recsys_spark.core import progress
 from recsys_spark.core.config import Config, IngestConfig, PrivacyConfig
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.schemas import (
@@ -384,6 +385,7 @@ def run(ctx: StageContext) -> dict:
         raise sources.InputError("config key 'input.events': no input path given")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     privacy_key(cfg.privacy)  # fail before any work when the key is missing
+    progress.describe(ctx.spark, "listing input files")
     event_files = sources.list_files(ctx.spark, cfg.input.events)
     if not event_files:
         raise sources.InputError(f"input path {cfg.input.events}: no input files found (empty folder)")
@@ -404,18 +406,21 @@ def run(ctx: StageContext) -> dict:
     summary["files_new"] = len(new_events) + len(new_catalog)
     summary["files_skipped"] = len(events_in) + len(catalog_in) - summary["files_new"]
 
+    progress.describe(ctx.spark, f"events: {len(new_events)} new file(s) -> bronze/silver events, quarantine")
     no_events = {"rows_in": 0, "rows_good": 0, "rows_quarantined": 0, "rows_duplicate": 0, "quarantine_reasons": {}}
     event_readers = (sources.read_movielens_events, sources.read_event_files)
     summary.update(_ingest_new(ctx, layout, new_events, new_events, event_readers, ingest_events, now, no_events))
     # The whole catalog is re-read when any of its files changed (tags span files); the
     # MERGE updates only items whose content_hash changed.
     item_readers = (sources.read_movielens_items, sources.read_item_files)
+    progress.describe(ctx.spark, f"catalog: {len(new_catalog)} new file(s) -> silver/items")
     no_items = {"items_in": 0, "items_quarantined": 0}
     summary.update(_ingest_new(ctx, layout, new_catalog, catalog_in, item_readers, ingest_items, now, no_items))
 
     if not ctx.lake.exists(SILVER_ITEMS_TABLE):
         # Logs without a catalog: items are known by id only, so later stages still have a table.
         ctx.lake.replace(ctx.spark.createDataFrame([], SILVER_ITEMS_TABLE.schema), SILVER_ITEMS_TABLE)
+    progress.describe(ctx.spark, "recording the ingested files")
     _record_files(ctx, {"events": new_events, "items": new_catalog}, now)
 
     outputs = (BRONZE_EVENTS_TABLE, SILVER_EVENTS_TABLE, QUARANTINE_TABLE, SILVER_ITEMS_TABLE, INGESTED_FILES_TABLE)

@@ -34,6 +34,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
@@ -153,6 +154,7 @@ def run(ctx: StageContext) -> dict:
     require_columns(embeddings, [ITEM_ID, VECTOR, MODEL, ACTIVE], "interests: gold/item_embeddings")
     active = embeddings.filter(F.col(ACTIVE)).select(ITEM_ID, VECTOR, MODEL)
 
+    progress.describe(ctx.spark, "counting users and history events")
     users = sequences.agg(
         F.count(F.lit(1)).alias("total"),
         F.count_if(F.coalesce(F.size(HISTORY_ITEMS), F.lit(0)) <= 0).alias("without_history"),
@@ -171,6 +173,7 @@ def run(ctx: StageContext) -> dict:
     vectors = interest_vectors(events.filter(valid), active, half_life_days).select(
         USER_ID, VECTOR, N_HISTORY, MODEL, F.current_timestamp().alias(COMPUTED_AT)
     )
+    progress.describe(ctx.spark, "time-decayed interest vectors -> gold/user_vectors")
     written = ctx.lake.replace(vectors, USER_VECTORS_TABLE)
     with_vector = ctx.lake.read(USER_VECTORS_TABLE, version=written.version).count()
 

@@ -28,6 +28,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
@@ -156,6 +157,7 @@ def item_index(
         return method, ExactIndex.from_vectors(vectors, rc.block_size), {"index": "built", "index_path": None}
     params = _ivf_params(ctx, vectors.counts.usable)
     ctx.progress(f"retrieve: training the IVF index of {what} ({params['nlist']} lists)")
+    progress.describe(ctx.spark, f"training the IVF index of {what}")
     index = IVFIndex.from_vectors(
         vectors, params["nlist"], params["iterations"], params["seed"], nprobe=rc.nprobe, block_size=rc.block_size
     )
@@ -219,6 +221,7 @@ def run(ctx: StageContext) -> dict:
     """Write gold/candidates and gold/similar_items; return counts, timings, recall and indexes."""
     rc = ctx.cfg.retrieve
     lake = ctx.lake
+    progress.describe(ctx.spark, "item vectors, the index and the users' queries")
     sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS)
     text_version = lake.version(ITEM_EMBEDDINGS_TABLE)
 
@@ -249,6 +252,7 @@ def run(ctx: StageContext) -> dict:
     queries = index.encode_queries(raw_queries)
     exclude = seen_pairs(sequences)
     ctx.progress(f"retrieve: {method} search, {queries.counts.usable} users x {index.size} items")
+    progress.describe(ctx.spark, f"{method} search: {queries.counts.usable} users x {index.size} items -> gold/candidates")
     started = time.perf_counter()
     candidates_written = lake.replace(
         candidates_frame(index.search(queries, rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE
@@ -256,9 +260,11 @@ def run(ctx: StageContext) -> dict:
     seconds = time.perf_counter() - started
     candidates = lake.read(CANDIDATES_TABLE, version=candidates_written.version)
     n_candidates = candidates.count()
+    progress.describe(ctx.spark, "recall against exact search")
     recall = 1.0 if method == "exact" else measure_recall(ctx, queries, index, exclude, candidates)
 
     ctx.progress("retrieve: item -> item neighbours")
+    progress.describe(ctx.spark, "item -> item neighbours -> gold/similar_items")
     item_queries = text_index.vectors.as_queries()
     self_pairs = text_index.vectors.frame.select(F.col(ITEM_ID).alias(QUERY_ID), F.col(ITEM_ID).alias(ITEM_ID))
     similar_written = lake.replace(

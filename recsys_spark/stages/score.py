@@ -36,6 +36,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.display import inert_column
 from recsys_spark.models import popularity
@@ -274,6 +275,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
     """Score the users of ``sequences`` (all of them, or the changed ones) and write their rows."""
     sc = ctx.cfg.score
     lake = ctx.lake
+    progress.describe(ctx.spark, f"{mode} scoring: the users to score and their candidates")
     users = sequences.count()
     candidates = lake.read(CANDIDATES_TABLE).join(sequences.select(USER_ID), USER_ID).join(
         seen_pairs(sequences), [USER_ID, ITEM_ID], "left_anti"
@@ -319,6 +321,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         )
         .cache()
     )
+    progress.describe(ctx.spark, "ranking, reasons and popular fill -> gold/recommendations")
     try:
         counts = final.agg(
             F.count(F.lit(1)).alias("rows"),

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import subprocess
 import sys
@@ -108,6 +110,26 @@ def test_version_prints_the_package_version(capsys):
         cli.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"recsys-spark {recsys_spark.__version__}\n"
+
+
+@pytest.mark.parametrize("command", [["jobs/main.py"], ["recsys-spark"]], ids=["jobs-main", "console-script"])
+def test_version_from_a_shell_prints_one_line_and_exits_0(command):
+    """What a person types: spark-submit's entry file and the installed console script answer
+    ``--version`` with the package's version, before any Spark or config work."""
+    from pathlib import Path
+
+    import recsys_spark
+    from tests.support import REPO
+
+    if command == ["recsys-spark"]:
+        script = Path(sys.executable).parent / "recsys-spark"
+        assert script.exists(), f"{script}: the console script is missing (bash .ci/install installs it)"
+        command = [str(script)]
+    else:
+        command = [sys.executable, str(REPO / command[0])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([*command, "--version"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"recsys-spark {recsys_spark.__version__}\n", "")
 
 
 def test_config_show_prints_the_resolved_config_as_yaml_with_secrets_masked(monkeypatch, capsys):
@@ -333,3 +355,55 @@ def test_recommend_for_an_unknown_user_or_before_score_says_so_and_exits_1(tiny,
     assert "recsys-spark recommend: user 'u404' has no recommendations in gold/recommendations (version 0)" in out.err
     assert cli.main(["recommend", "u1", "--set", f"warehouse={tmp_path / 'empty'}"]) == 1
     assert "table gold/recommendations not found" in capsys.readouterr().err
+
+
+# ---- progress: plain lines off a terminal, nothing with -q --------------------------------------
+def _reporting_stage(monkeypatch):
+    """Every stage replaced by one that names a step, counts a Python-side loop and has the
+    reporter poll at once (no Spark job: what is checked is the CLI's wiring)."""
+    from recsys_spark.core import progress
+
+    def stage_function(name):
+        def run(ctx):
+            progress.describe(ctx.spark, "counting parts")
+            progress.step("parts", 1, 2, unit="parts")
+            if progress._active is not None:
+                progress._active.poll()
+            return {"tables": {}}
+        return run
+
+    monkeypatch.setattr(pipeline, "stage_function", stage_function)
+
+
+def _progress_lines(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.name == "recsys_spark.core.progress"]
+
+
+def test_progress_lines_carry_the_stage_step_and_done_total_and_quiet_silences_them(spark, tmp_path, monkeypatch, caplog):
+    _reporting_stage(monkeypatch)
+    caplog.set_level(logging.INFO)
+    args = ["--set", f"warehouse={tmp_path}", "--set", "tracking.enabled=false", "--set", "progress.interval_s=0"]
+    # Under pytest stderr is not a terminal: auto means plain lines.
+    assert cli.main(["features", *args]) == 0
+    lines = _progress_lines(caplog)
+    assert len(lines) == 1 and re.fullmatch(r"progress: features \d+s · counting parts · parts 1/2 parts \(50%\)", lines[0]), lines
+    assert not any(re.search(r"[\x1b\r]", r.getMessage()) for r in caplog.records if r.name.startswith("recsys_spark"))
+
+    caplog.clear()
+    assert cli.main(["features", "-q", *args]) == 0
+    assert _progress_lines(caplog) == []
+    assert [r for r in caplog.records if r.name.startswith("recsys_spark") and r.levelno < logging.WARNING] == []
+
+    caplog.clear()
+    monkeypatch.setenv(cli.LOG_LEVEL_ENV, "warning")  # the same for a job that cannot pass -q
+    assert cli.main(["features", *args]) == 0
+    assert _progress_lines(caplog) == []
+    monkeypatch.delenv(cli.LOG_LEVEL_ENV)
+    assert cli.main(["features", "--set", "progress.mode=none", *args]) == 0
+    assert _progress_lines(caplog) == []
+
+
+def test_quiet_and_verbose_are_one_or_the_other(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["features", "-q", "-v"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

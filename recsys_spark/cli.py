@@ -235,7 +235,7 @@ def _answer(args: argparse.Namespace) -> int:
             rows = table_status(ctx.lake)
             text = json.dumps({"tables": rows}, default=str) if args.json else format_tables(rows)
         else:
-            answer = user_recommendations(ctx.lake, args.user_id, args.k)
+            answer = user_recommendations(ctx.lake, args.user_id, args.k, pseudonym_key(cfg))
             text = json.dumps(answer, default=str) if args.json else format_recommendations(answer)
     except (_Unanswerable, FileNotFoundError, ValueError) as exc:
         print(f"recsys-spark {args.stage}: {exc}", file=sys.stderr)
@@ -325,9 +325,18 @@ def format_tables(rows: list[dict]) -> str:
     )
 
 
-def user_recommendations(lake, user_id: str, k: Optional[int] = None) -> dict:
+def pseudonym_key(cfg):
+    """The HMAC key when ``privacy.pseudonymize_users`` is on (its variable unset is an error), else None."""
+    from recsys_spark.stages.ingest import privacy_key
+
+    return privacy_key(cfg.privacy)
+
+
+def user_recommendations(lake, user_id: str, k: Optional[int] = None, key: Optional[bytes] = None) -> dict:
     """``user_id``'s rows of gold/recommendations (rank order, the first ``k``), each with its
-    item's title from silver/items (None when the catalog does not have it)."""
+    item's title from silver/items (None when the catalog does not have it). With ``key`` (users
+    pseudonymised at ingestion) the user is looked up by its pseudonym, so a person types the id
+    they know; a pseudonym typed as it is in the table is found too."""
     from pyspark.sql import functions as F
 
     if k is not None and k < 1:
@@ -338,7 +347,12 @@ def user_recommendations(lake, user_id: str, k: Optional[int] = None) -> dict:
         raise FileNotFoundError(
             f"table {recs_table} not found at {lake.location(recs_table)}: run the score stage (or run) first"
         )
-    recs = lake.read(recs_table, version).where(F.col(schemas.USER_ID) == F.lit(user_id))
+    stored = user_id
+    if key is not None:
+        from recsys_spark.stages.ingest import pseudonym
+
+        stored = pseudonym(key, user_id)
+    recs = lake.read(recs_table, version).where(F.col(schemas.USER_ID).isin(stored, user_id))
     if lake.exists(schemas.SILVER_ITEMS_TABLE):
         titles = lake.read(schemas.SILVER_ITEMS_TABLE).select(schemas.ITEM_ID, schemas.TITLE)
         recs = recs.join(titles, schemas.ITEM_ID, "left")
@@ -359,6 +373,7 @@ def user_recommendations(lake, user_id: str, k: Optional[int] = None) -> dict:
     first = rows[0]
     return {
         "user_id": user_id,
+        **({"pseudonym": stored} if key is not None else {}),
         "table": str(recs_table),
         "version": version,
         "model_version": first[schemas.MODEL_VERSION],

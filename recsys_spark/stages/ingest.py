@@ -187,6 +187,11 @@ def type_items(validated: DataFrame) -> DataFrame:
     return typed
 
 
+def pseudonym(key: bytes, user_id: str) -> str:
+    """The pseudonym ingestion gives ``user_id`` under ``key`` (what ``pseudonymizer`` computes)."""
+    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
 def pseudonymizer(key: bytes):
     """A pandas UDF mapping a user id to HMAC-SHA256(key, id), hex, first 32 characters.
 
@@ -194,9 +199,7 @@ def pseudonymizer(key: bytes):
 
     @F.pandas_udf("string")
     def pseudonymize(ids: pd.Series) -> pd.Series:
-        return ids.map(
-            lambda v: None if v is None else hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
-        )
+        return ids.map(lambda v: None if v is None else pseudonym(key, v))
 
     return pseudonymize
 

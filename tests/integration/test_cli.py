@@ -357,6 +357,36 @@ def test_recommend_for_an_unknown_user_or_before_score_says_so_and_exits_1(tiny,
     assert "table gold/recommendations not found" in capsys.readouterr().err
 
 
+def test_recommend_finds_a_pseudonymised_user_by_the_id_a_person_knows(spark, tmp_path, monkeypatch, capsys):
+    from datetime import datetime
+
+    from recsys_spark.core import schemas as S
+    from recsys_spark.core.context import make_context
+    from recsys_spark.stages.ingest import pseudonym
+    from tests.support import small_config
+
+    key = "test-hmac-key"
+    ctx = make_context(spark, small_config(tmp_path / "warehouse"), run_id="p")
+    hidden = pseudonym(key.encode(), "alice")
+    now = datetime(2026, 1, 2, 3, 4, 5)
+    ctx.lake.replace(
+        spark.createDataFrame([(hidden, 1, "i1", 0.5, "popular: 3 users", "v1", "p", now)], S.RECOMMENDATIONS),
+        S.RECOMMENDATIONS_TABLE,
+    )
+    sets = ["--set", f"warehouse={ctx.cfg.warehouse}", "--set", "privacy.pseudonymize_users=true",
+            "--set", "privacy.key_env=RECSYS_TEST_KEY"]
+    monkeypatch.setenv("RECSYS_TEST_KEY", key)
+    assert cli.main(["recommend", "alice", "--json", *sets]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["user_id"], answer["pseudonym"]) == ("alice", hidden)
+    assert [r["item_id"] for r in answer["recommendations"]] == ["i1"]
+    assert cli.main(["recommend", hidden, "--json", *sets]) == 0  # the pseudonym itself, as the table shows it
+    assert json.loads(capsys.readouterr().out)["recommendations"][0]["item_id"] == "i1"
+    monkeypatch.delenv("RECSYS_TEST_KEY")
+    assert cli.main(["recommend", "alice", *sets]) == 1
+    assert "RECSYS_TEST_KEY" in capsys.readouterr().err
+
+
 # ---- progress: plain lines off a terminal, nothing with -q --------------------------------------
 def _reporting_stage(monkeypatch):
     """Every stage replaced by one that names a step, counts a Python-side loop and has the

@@ -489,7 +489,8 @@ def epoch_callback_class():
                 self.best_weights = self.model.network.get_weights()
             elapsed = float(self.dist.max_over_ranks(np.array([time.perf_counter() - self.started]))[0])
             mean_epoch = elapsed / (epoch + 1)
-            if epoch + 1 - self.best_epoch > self.job.patience:
+            # As Keras's EarlyStopping: patience epochs in a row without a better NDCG@10 (0: one).
+            if epoch + 1 - self.best_epoch >= max(1, self.job.patience):
                 self.stopped_by, self.model.stop_training = "early_stopping", True
             elif epoch + 1 < self.job.epochs and elapsed + mean_epoch > self.budget_s:
                 self.stopped_by, self.model.stop_training = "max_minutes", True

@@ -330,7 +330,7 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
     if sum(val_rows) == 0:
         log.warning(
             "train: validation rows per shard %s (no validation item in the vocabulary): training for "
-            "train.epochs without early stopping, keeping the epoch of the lowest training loss", val_rows
+            "train.epochs without early stopping, keeping the last epoch", val_rows
         )
         val_dir, val_rows = None, []
     oov_items = count_oov_items(sequences, vocabulary)
@@ -414,7 +414,10 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
             "item_embeddings_version": ctx.lake.version(ITEM_EMBEDDINGS_TABLE) if text_dim else None,
         },
         "ranks": [
-            {"rank": r["rank"], "weights_sha256": r["weights_sha256"], "seconds": round(r["seconds"], 2)}
+            {
+                "rank": r["rank"], "weights_sha256": r["weights_sha256"], "seconds": round(r["seconds"], 2),
+                "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"], "stopped_by": r["stopped_by"],
+            }
             for r in results
         ],
     }
@@ -446,5 +449,6 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "oov_items": oov_items,
         "oov_targets": oov_targets,
         "identical_weights": len({r["weights_sha256"] for r in results}) == 1,
+        "same_stop_epoch": len({(r["epochs_run"], r["best_epoch"]) for r in results}) == 1,
         "tables": {},  # the model goes to <models_dir>/<version>, not to a table
     }

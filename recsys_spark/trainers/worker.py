@@ -483,7 +483,8 @@ def epoch_callback_class():
                 self.history["val_ndcg@10"].append(float(ndcg))
                 self.history["val_loss"].append(float(loss))
             else:
-                ndcg = -self.history["loss"][-1]  # no validation: the lowest training loss is the best
+                # No validation: the last epoch is the best (a per-rank loss could make ranks disagree).
+                ndcg = float(epoch)
             if ndcg > self.best_ndcg:
                 self.best_epoch, self.best_ndcg = epoch + 1, ndcg
                 self.best_weights = self.model.network.get_weights()
@@ -540,6 +541,9 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         )
         optimizer = dist.wrap_optimizer(lazy_adam_class()(learning_rate=schedule))
         model.compile(optimizer=optimizer)
+        # Step outputs as this rank computed them (the default sums them over MultiWorkerMirrored
+        # workers): the loss is then averaged by Horovod's callback, the target counts by the driver.
+        model.distribute_reduction_method = "first"
 
     stepper = epoch_callback_class()(job, dist, lambda: SequenceRanker(job.version, spec, item_ids, network))
     log.info(

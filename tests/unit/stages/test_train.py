@@ -167,6 +167,17 @@ def test_failed_training_leaves_the_previous_model_in_service(make_ctx, monkeypa
     assert open(os.path.join(ctx.cfg.models_dir, LATEST_FILE)).read().strip() == first
     assert sorted(os.listdir(ctx.cfg.models_dir)) == sorted([first, LATEST_FILE])
 
+    # A loss that becomes NaN: an error naming the epoch and the step; nothing is published.
+    monkeypatch.undo()
+    from recsys_spark.trainers import worker
+
+    loss = worker.full_softmax_loss
+    monkeypatch.setattr(worker, "full_softmax_loss", lambda model, states, targets: loss(model, states, targets) * float("nan"))
+    with pytest.raises(TrainingFailed, match=r"TrainingStopped: train: the loss became nan at epoch 1, step 1 .*previous model stays"):
+        train.run(ctx)
+    assert open(os.path.join(ctx.cfg.models_dir, LATEST_FILE)).read().strip() == first
+    assert sorted(os.listdir(ctx.cfg.models_dir)) == sorted([first, LATEST_FILE])
+
 
 def test_empty_training_table_is_a_clear_error(make_ctx):
     ctx = make_ctx(*TRAIN_SETTINGS)
@@ -194,8 +205,11 @@ def assert_two_identical_workers(ctx, summary) -> None:
     ranks = json.load(open(os.path.join(model_dir, "config.json")))["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    # Every rank stopped on the same epoch and kept the same best one (all-reduced val NDCG@10).
+    assert summary["same_stop_epoch"]
+    assert (ranks[0]["epochs_run"], ranks[0]["best_epoch"]) == (ranks[1]["epochs_run"], ranks[1]["best_epoch"])
     history = json.load(open(os.path.join(model_dir, "history.json")))
-    assert history["val_loss"][-1] < history["val_loss"][0]
+    assert max(history["val_ndcg@10"]) > history["val_ndcg@10"][0]
 
 
 # horovod.spark.run on the Spark executors and tf.distribute's MultiWorkerMirroredStrategy in

@@ -220,7 +220,7 @@ class TrainConfig:
     num_workers: int = 1
     epochs: int = 30  # a maximum: early stopping and max_minutes end training sooner
     batch_size: int = 64  # windows of max_len positions per worker and step
-    learning_rate: float = 0.002
+    learning_rate: float = 0.005
     warmup_epochs: int = 1
     embedding_dim: int = 64
     lstm_units: int = 64

@@ -190,6 +190,22 @@ def test_empty_training_table_is_a_clear_error(make_ctx):
     assert latest_model_dir(ctx.cfg.models_dir) is None
 
 
+def test_one_item_vocabulary_and_unknown_validation_items_still_train(make_ctx):
+    # One item in the vocabulary: the softmax over it is certain (loss 0) and it ranks first.
+    ctx = make_ctx(*TRAIN_SETTINGS, "train.epochs=2")
+    write_sequences(ctx, [sequence_row(f"u{u}", ["x"] * 5, ["x"], ["x"]) for u in range(8)])
+    summary = train.run(ctx)
+    assert summary["items"] == 1 and summary["train_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["val_ndcg@10"] == pytest.approx(1.0)
+    # No validation item is known: trains train.epochs, keeps the last, reports no validation metric.
+    ctx = make_ctx(*TRAIN_SETTINGS, "train.epochs=2", warehouse=ctx.cfg.warehouse + "-unknown")
+    write_sequences(ctx, [sequence_row(f"u{u}", ["x", "y", "x", "y", f"new{u}"], [f"new{u}"], []) for u in range(8)])
+    summary = train.run(ctx)
+    assert (summary["epochs"], summary["best_epoch"], summary["stopped_by"]) == (2, 2, "epochs")
+    assert summary["val_ndcg@10"] is None and summary["oov_items"] == 8
+    assert latest_model_dir(ctx.cfg.models_dir) is not None
+
+
 def test_local_backend_refuses_several_workers(make_ctx):
     ctx = make_ctx(*TRAIN_SETTINGS, "train.num_workers=2")
     write_sequences(ctx, cyclic_sequences(ctx.spark, users=10))

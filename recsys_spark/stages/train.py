@@ -382,6 +382,7 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
     history = chief["history"]
     best = chief["best_epoch"] - 1
     seconds = max(r["seconds"] for r in results)
+    train_seconds = max(r["train_seconds"] for r in results)
     trained = sum(r["targets_trained"] for r in results)
     # The driver's own log, whatever the backend (executor and worker-process logs stay there).
     for epoch, loss in enumerate(history.get("loss", [])):
@@ -438,7 +439,10 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "windows": sum(train_rows),
         "targets": train_targets,
         "targets_trained": int(trained),
+        # As examples_per_s was before: over the whole fit, validation included ...
         "targets_per_s": round(trained / seconds, 1) if seconds else None,
+        # ... and over the training steps only (the epochs' time without their validation).
+        "train_targets_per_s": round(trained / train_seconds, 1) if train_seconds else None,
         "train_loss": metrics["train_loss"],
         "val_loss": metrics["val_loss"],
         "val_ndcg@10": metrics["val_ndcg@10"],

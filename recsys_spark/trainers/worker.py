@@ -576,6 +576,7 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         "stopped_by": stepper.stopped_by,
         "targets_trained": float(sum(stepper.history["targets"])),
         "seconds": seconds,
+        "train_seconds": float(sum(stepper.epoch_seconds)),  # the epochs' steps, without validation
         "weights_sha256": weights_digest(network.get_weights()),
     }
     if job.val_dir:

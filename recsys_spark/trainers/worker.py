@@ -150,8 +150,8 @@ class MultiWorkerDistribution(Distribution):
     """tf.distribute.MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG.
 
     The variables are mirrored (identical on every worker), so each worker ranks every
-    validation shard itself and reaches the same sums without a collective outside the
-    strategy's step; the clocks are compared through the sums' ordering of epochs only."""
+    validation shard itself and reaches the same sums without a collective; the elapsed time
+    (the budget) is max-reduced through the strategy."""
 
     name = "tf_distribute"
 
@@ -175,13 +175,15 @@ class MultiWorkerDistribution(Distribution):
     def max_over_ranks(self, values: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        # A cross-worker MAX through the strategy, so the time budget ends the same epoch on
-        # every worker even when their clocks drift.
-        def reduce(value):
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MAX, value)
+        # A cross-worker maximum through the strategy, so the time budget ends the same epoch on
+        # every worker even when their clocks drift. tf.distribute reduces by SUM or MEAN only:
+        # each worker fills its own row, the rows are summed, the maximum is taken here.
+        rows = np.zeros((self.size, len(values)), dtype=np.float32)
+        rows[self.rank] = values
 
-        result = self.strategy.run(tf.function(reduce), args=(tf.constant(np.asarray(values, dtype=np.float32)),))
-        return np.asarray(self.strategy.experimental_local_results(result)[0].numpy(), dtype=np.float64)
+        per_worker = self.strategy.experimental_distribute_values_from_function(lambda _: tf.constant(rows))
+        gathered = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_worker, axis=None).numpy()
+        return gathered.max(axis=0).astype(np.float64)
 
     def scope(self):
         return self.strategy.scope()

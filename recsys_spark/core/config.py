@@ -228,24 +228,30 @@ class InterestsConfig:
 class TrainConfig:
     backend: str = "local"
     num_workers: int = 1
-    epochs: int = 5
-    batch_size: int = 256
-    learning_rate: float = 0.002
+    epochs: int = 30  # a maximum: early stopping and max_minutes end training sooner
+    batch_size: int = 64  # windows of max_len positions per worker and step
+    learning_rate: float = 0.005
     warmup_epochs: int = 1
     embedding_dim: int = 64
     lstm_units: int = 64
     max_len: int = 50
-    negatives: int = 4
+    dropout: float = 0.2  # on the item vectors entering the LSTM and on its outputs
+    clip_norm: float = 1.0  # gradients clipped to this global norm (0: no clipping)
+    # Softmax cross-entropy over the whole vocabulary up to this many items; above it, sampled
+    # softmax against sampled_negatives shared negatives (+ the batch's other targets when
+    # in_batch_negatives), with logQ correction and accidental hits masked.
+    full_softmax_max_items: int = 20000
+    sampled_negatives: int = 2048
+    in_batch_negatives: bool = True
     negative_sampling: str = "popularity"
+    # Sampled negatives are drawn with probability count**popularity_exponent (popularity sampling).
+    popularity_exponent: float = 0.75
     use_text_vectors: bool = True
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = 2  # epochs without a better validation NDCG@10
+    max_minutes: float = 0.0  # wall-clock budget of the training loop (0: none)
     min_item_count: int = 1
     seed: int = 13
     models_dir: Optional[str] = None  # default <warehouse>/models
-    # Negatives are drawn with probability count**popularity_exponent (popularity sampling);
-    # scores add log(negatives * q(item)) back so they rank by P(next), not by lift over q.
-    popularity_exponent: float = 0.75
-    logq_correction: bool = True
     tf_threads: int = 0  # 0: TensorFlow's default; inside Spark tasks, cores per task
     horovodrun_hosts: Optional[str] = None  # horovodrun -H value; default localhost:<num_workers>
     start_timeout_s: int = 120  # how long a distributed launch waits for all workers to start
@@ -259,7 +265,11 @@ class TrainConfig:
         _check_choice(self.backend, TRAIN_BACKENDS, f"{key}.backend")
         for name in ("num_workers", "epochs", "batch_size", "embedding_dim", "lstm_units", "max_len"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _check(self.negatives >= 1, f"{key}.negatives", "must be >= 1")
+        _check(self.sampled_negatives >= 1, f"{key}.sampled_negatives", "must be >= 1")
+        _check(self.full_softmax_max_items >= 0, f"{key}.full_softmax_max_items", "must be >= 0")
+        _check(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+        _check(self.clip_norm >= 0, f"{key}.clip_norm", "must be >= 0 (0: no clipping)")
+        _check(self.max_minutes >= 0, f"{key}.max_minutes", "must be >= 0 (0: no budget)")
         _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
         _check_choice(self.negative_sampling, NEGATIVE_SAMPLING, f"{key}.negative_sampling")
 

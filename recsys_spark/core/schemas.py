@@ -79,9 +79,14 @@ COSINE = "cosine"
 RUN_ID = "run_id"
 GENERATED_AT = "generated_at"
 
-# training examples (the Parquet shards train writes and every trainer rank reads)
-EXAMPLE_HISTORY = "history"  # left-padded token ids
-EXAMPLE_TARGET = "target"  # the next item's token id
+# training examples (the Parquet shards train writes and every trainer rank reads): one row per
+# window of train.max_len positions, right-padded with 0 (the layout cuDNN's masked LSTM needs)
+EXAMPLE_INPUTS = "inputs"  # token ids, oldest -> newest
+EXAMPLE_TARGETS = "targets"  # the token that follows each input position
+EXAMPLE_MASK = "mask"  # true where the position has a target to learn (not padding, not out-of-vocabulary)
+# validation examples: the last train.max_len training tokens (right-padded) -> the validation item
+EXAMPLE_TARGET = "target"  # the validation item's token id
+EXAMPLE_SEEN = "seen"  # the tokens of every training item of the user: excluded from the ranking
 
 # the served model (the MLflow pyfunc of recsys_spark.tracking): its signature's columns
 SERVED_HISTORY = "history"  # item ids, oldest -> newest

@@ -1,11 +1,15 @@
-"""The LSTM sequence model: its Keras definition and ``SequenceRanker``, the loader for inference.
+"""The LSTM sequence model: its Keras definition, its training losses and ``SequenceRanker``.
 
-A user's recent items (oldest -> newest, left-padded with 0) go through the item tower (a trainable
-embedding, plus a learned projection of the frozen text vectors when given), a masked LSTM and a
-projection into the item space: the L2-normalised *user state*. A candidate goes through the same
-item tower and is L2-normalised. The two are combined as (cosine, item bias) -> Dense(1) -> logit,
-and sigmoid(logit) is the probability that the user interacts with the candidate next. Because the
-cosine is the main term, the user state is also the query vector for cosine retrieval over
+A user's recent items (oldest -> newest, right-padded with 0: the layout cuDNN's masked LSTM
+needs on a GPU) go through the item tower (a trainable embedding, plus a learned projection of
+the frozen text vectors when given), dropout, a masked LSTM, dropout and a projection into the
+item space: one *user state* per position. The state at the last real position is the user's
+query vector. A candidate goes through the same item tower; the logit of (user, item) is
+``scale * cosine(state, item vector) + bias(item)``, and the model is trained at every position to
+give the next item the highest logit among all items: softmax cross-entropy over the whole
+vocabulary while it is small, sampled softmax with logQ correction above that
+(``full_softmax_loss``, ``sampled_softmax_loss``). Scores are the raw logits (P(next) is their
+softmax), so the L2-normalised user state is also the query vector for cosine retrieval over
 ``item_vectors()``: one model serves retrieval and ranking.
 
 Token ids: 0 is padding, 1 is out-of-vocabulary, items are 2..n_tokens-1 in vocabulary order.
@@ -37,21 +41,24 @@ VOCABULARY_DIR = "vocabulary"
 LATEST_FILE = "latest"
 VOCAB_INDEX = "index"
 VOCAB_COUNT = "count"
-VOCAB_LOG_Q = "log_q"  # log of the negative-sampling probability of the item
+VOCAB_LOG_Q = "log_q"  # log of the negative-sampling probability of the item (count**alpha, normalised)
 VOCAB_TEXT = "text_vector"
+
+# Logits of masked candidates (accidental hits): far below any real logit, but finite, so that
+# neither the loss nor its gradient ever meets inf - inf.
+MASKED_LOGIT = -1e9
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What is needed to rebuild the network: sizes and the scoring correction."""
+    """What is needed to rebuild the network."""
 
     n_tokens: int
     max_len: int
     embedding_dim: int
     lstm_units: int
     text_dim: int = 0
-    negatives: int = 4
-    logq_correction: bool = True
+    dropout: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -69,7 +76,10 @@ def keras_layers() -> SimpleNamespace:
 
     @tf.keras.utils.register_keras_serializable(package="recsys_spark")
     class ItemTower(tf.keras.layers.Layer):
-        """Item ids -> item vectors: trainable embedding + projection of frozen text vectors."""
+        """Item ids -> item vectors: trainable embedding + projection of frozen text vectors.
+
+        Rows are gathered, so the embedding's gradient is sparse (``IndexedSlices`` over the
+        items of the step): with a lazy optimizer a step costs the same for any catalog size."""
 
         def __init__(self, n_tokens: int, dim: int, text_dim: int = 0, **kwargs):
             super().__init__(**kwargs)
@@ -103,11 +113,25 @@ def keras_layers() -> SimpleNamespace:
             return {**super().get_config(), "n_tokens": self.n_tokens, "dim": self.dim, "text_dim": self.text_dim}
 
     @tf.keras.utils.register_keras_serializable(package="recsys_spark")
-    class CandidateLogits(tf.keras.layers.Layer):
-        """(user state, candidate vectors, candidate ids) -> logits (batch, candidates).
+    class LastState(tf.keras.layers.Layer):
+        """(states (batch, max_len, d), ids (batch, max_len)) -> the state at the last non-padding
+        position of each right-padded row (position 0 for an empty row)."""
 
-        The combination is Dense(1) over [cosine(user, candidate), bias(candidate)]; the
-        sigmoid is applied by the loss (from_logits, numerically stable) and by the ranker."""
+        def call(self, inputs, mask=None):
+            states, ids = inputs
+            last = tf.maximum(tf.reduce_sum(tf.cast(tf.not_equal(ids, PAD), tf.int32), axis=1) - 1, 0)
+            return tf.gather(states, last, axis=1, batch_dims=1)
+
+        def compute_mask(self, inputs, mask=None):
+            return None
+
+    @tf.keras.utils.register_keras_serializable(package="recsys_spark")
+    class CandidateLogits(tf.keras.layers.Layer):
+        """(user states (n, d), candidate vectors (..., d), candidate ids) -> raw logits.
+
+        ``scale * cosine + bias(item)``. ``call`` takes per-user candidates (n, C, d);
+        ``shared`` one candidate list for every user (C, d) -> (n, C), the training losses' and
+        the full ranking's form."""
 
         def __init__(self, n_tokens: int, **kwargs):
             super().__init__(**kwargs)
@@ -115,20 +139,27 @@ def keras_layers() -> SimpleNamespace:
 
         def build(self, input_shape):
             self.item_bias = self.add_weight(name="item_bias", shape=(self.n_tokens,), initializer="zeros")
-            # A cosine lives in [-1, 1]: start with a temperature that lets logits spread.
-            self.kernel = self.add_weight(
-                name="kernel", shape=(2,), initializer=tf.keras.initializers.Constant([5.0, 1.0])
-            )
-            self.offset = self.add_weight(name="offset", shape=(), initializer="zeros")
+            # A cosine lives in [-1, 1]: a softmax over thousands of items needs logits that spread
+            # further, so the temperature starts high and is learned.
+            self.scale = self.add_weight(name="scale", shape=(), initializer=tf.keras.initializers.Constant(10.0))
             super().build(input_shape)
 
         def call(self, inputs, mask=None):
             user, candidates, ids = inputs
             user = tf.math.l2_normalize(user, axis=-1)
             candidates = tf.math.l2_normalize(candidates, axis=-1)
-            cosine = tf.einsum("bd,bcd->bc", user, candidates)
-            bias = tf.gather(self.item_bias, ids)
-            return self.kernel[0] * cosine + self.kernel[1] * bias + self.offset
+            return self.scale * tf.einsum("bd,bcd->bc", user, candidates) + tf.gather(self.item_bias, ids)
+
+        def shared(self, user, candidates, ids):
+            user = tf.math.l2_normalize(user, axis=-1)
+            candidates = tf.math.l2_normalize(candidates, axis=-1)
+            return self.scale * tf.matmul(user, candidates, transpose_b=True) + tf.gather(self.item_bias, ids)[None, :]
+
+        def pairs(self, user, candidates, ids):
+            """One candidate per user: (n, d), (n, d), (n,) -> (n,)."""
+            user = tf.math.l2_normalize(user, axis=-1)
+            candidates = tf.math.l2_normalize(candidates, axis=-1)
+            return self.scale * tf.reduce_sum(user * candidates, axis=-1) + tf.gather(self.item_bias, ids)
 
         def compute_mask(self, inputs, mask=None):
             return None
@@ -136,22 +167,28 @@ def keras_layers() -> SimpleNamespace:
         def get_config(self):
             return {**super().get_config(), "n_tokens": self.n_tokens}
 
-    return SimpleNamespace(ItemTower=ItemTower, CandidateLogits=CandidateLogits)
+    return SimpleNamespace(ItemTower=ItemTower, LastState=LastState, CandidateLogits=CandidateLogits)
 
 
 def build_model(spec: ModelSpec, text_vectors: Optional[np.ndarray] = None):
-    """The Keras model: inputs ``history`` (batch, max_len) int32 and ``candidates`` (batch, C)
-    int32; output logits (batch, C). ``text_vectors`` (n_tokens, text_dim) fills the frozen
-    text table when the spec has one."""
+    """The Keras model: inputs ``history`` (batch, max_len) int32, right-padded, and
+    ``candidates`` (batch, C) int32; output raw logits (batch, C) of the candidates after the
+    whole history. Layers ``user_states`` (one state per position, what training reads),
+    ``user_state`` (the last one), ``item_tower`` and ``logits`` are the parts the ranker and
+    the trainer use. ``text_vectors`` (n_tokens, text_dim) fills the frozen text table when
+    the spec has one."""
     import tensorflow as tf
 
     layers = keras_layers()
     history = tf.keras.Input(shape=(spec.max_len,), dtype="int32", name="history")
     candidates = tf.keras.Input(shape=(None,), dtype="int32", name="candidates")
     tower = layers.ItemTower(spec.n_tokens, spec.embedding_dim, spec.text_dim, name="item_tower")
-    sequence = tower(history)
-    state = tf.keras.layers.LSTM(spec.lstm_units, name="lstm")(sequence)
-    user_state = tf.keras.layers.Dense(spec.embedding_dim, name="user_state")(state)
+    sequence = tf.keras.layers.Dropout(spec.dropout, name="input_dropout")(tower(history))
+    # Defaults (tanh, sigmoid, no recurrent dropout) plus a right-padded mask: the cuDNN kernel.
+    outputs = tf.keras.layers.LSTM(spec.lstm_units, return_sequences=True, name="lstm")(sequence)
+    outputs = tf.keras.layers.Dropout(spec.dropout, name="output_dropout")(outputs)
+    states = tf.keras.layers.Dense(spec.embedding_dim, name="user_states")(outputs)
+    user_state = layers.LastState(name="user_state")([states, history])
     logits = layers.CandidateLogits(spec.n_tokens, name="logits")([user_state, tower(candidates), candidates])
     model = tf.keras.Model(inputs={"history": history, "candidates": candidates}, outputs=logits, name="sequence_ranker")
     if spec.text_dim:
@@ -164,13 +201,58 @@ def build_model(spec: ModelSpec, text_vectors: Optional[np.ndarray] = None):
     return model
 
 
+# ---- training losses -------------------------------------------------------------------------
+def full_softmax_loss(model, states, targets):
+    """Mean softmax cross-entropy of ``targets`` (P,) token ids over every item of the
+    vocabulary, given user states (P, d) of ``model`` (``build_model``)."""
+    import tensorflow as tf
+
+    n_tokens = model.get_layer("logits").n_tokens
+    items = tf.range(FIRST_ITEM, n_tokens)
+    logits = model.get_layer("logits").shared(states, model.get_layer("item_tower")(items), items)
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets - FIRST_ITEM, logits=logits)
+    )
+
+
+def sampled_softmax_loss(model, states, targets, negatives, log_q, log_f=None):
+    """Mean sampled-softmax cross-entropy (Jean et al. 2015; Yi et al. 2019): each target
+    against ``negatives`` (K,) token ids drawn from q (shared by every position of the batch)
+    and, when ``log_f`` is given, the other targets of the batch (in-batch negatives, drawn from
+    the target frequency f).
+
+    A negative column c gets logQ correction: its logit minus log E[c's columns] = log(K q(c) +
+    P f(c)), so that the sum of the corrected exponentials estimates the full softmax's
+    normaliser. Columns that hold the position's own target (accidental hits) are masked; the
+    target's own logit stays raw. With every item once as a negative, uniform q and no in-batch
+    negatives this is exactly ``full_softmax_loss``. ``log_q``/``log_f``: per token (n_tokens,)."""
+    import tensorflow as tf
+
+    head, tower = model.get_layer("logits"), model.get_layer("item_tower")
+    positive = head.pairs(states, tower(targets), targets)
+    k = tf.cast(tf.shape(negatives)[0], tf.float32)
+    if log_f is None:
+        columns = negatives
+        expected = k * tf.exp(tf.gather(log_q, columns))
+    else:
+        columns = tf.concat([negatives, targets], axis=0)
+        batch = tf.cast(tf.shape(targets)[0], tf.float32)
+        expected = k * tf.exp(tf.gather(log_q, columns)) + batch * tf.exp(tf.gather(log_f, columns))
+    logits = head.shared(states, tower(columns), columns) - tf.math.log(expected)[None, :]
+    hits = tf.equal(targets[:, None], columns[None, :])
+    logits = tf.where(hits, tf.constant(MASKED_LOGIT, logits.dtype), logits)
+    normaliser = tf.reduce_logsumexp(tf.concat([positive[:, None], logits], axis=1), axis=1)
+    return tf.reduce_mean(normaliser - positive)
+
+
 def pad_histories(token_lists: "list[list[int]]", max_len: int) -> np.ndarray:
-    """Token lists (oldest -> newest) -> (n, max_len) int32, the most recent items, left-padded."""
+    """Token lists (oldest -> newest) -> (n, max_len) int32, the most recent items, right-padded
+    with 0 (the model's layout)."""
     out = np.zeros((len(token_lists), max_len), dtype=np.int32)
     for row, tokens in enumerate(token_lists):
         recent = tokens[-max_len:]
         if recent:
-            out[row, max_len - len(recent):] = recent
+            out[row, :len(recent)] = recent
     return out
 
 
@@ -273,16 +355,17 @@ class SequenceRanker:
     """A trained model loaded for inference (in a Python worker: load once, score many).
 
     ``user_states`` and ``item_vectors`` are L2-normalised vectors of one space (cosine retrieval);
-    ``score`` gives P(next item) for given candidates. Histories are item-id lists oldest -> newest;
-    unknown ids map to the out-of-vocabulary token; unknown candidates score 0.
+    ``score`` gives P(next item) for given candidates: the softmax of the raw logits over the
+    whole vocabulary (no sampling correction: the model was trained to rank by these logits).
+    Histories are item-id lists oldest -> newest; unknown ids map to the out-of-vocabulary token;
+    unknown candidates score 0.
     """
 
-    def __init__(self, version: str, spec: ModelSpec, item_ids: "list[str]", log_q: np.ndarray, keras_model):
+    def __init__(self, version: str, spec: ModelSpec, item_ids: "list[str]", keras_model):
         self.version = version
         self.spec = spec
         self.item_ids = item_ids
         self._token = {item: FIRST_ITEM + i for i, item in enumerate(item_ids)}
-        self._log_q = log_q  # per token, -inf for padding / OOV
         self._model = keras_model
         import tensorflow as tf
 
@@ -291,8 +374,7 @@ class SequenceRanker:
         token_vectors = tower(np.arange(spec.n_tokens, dtype=np.int32)).numpy()
         self._token_vectors = _l2_normalise(token_vectors)
         head = keras_model.get_layer("logits")
-        self._kernel = head.kernel.numpy()
-        self._offset = float(head.offset.numpy())
+        self._scale = float(head.scale.numpy())
         self._bias = head.item_bias.numpy()
 
     @classmethod
@@ -309,9 +391,7 @@ class SequenceRanker:
         keras_model = tf.keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)
         vocab = read_vocabulary(model_dir)
         item_ids = [str(item) for item in vocab.column(ITEM_ID).to_pylist()]
-        log_q = np.full(spec.n_tokens, -np.inf, dtype=np.float64)
-        log_q[FIRST_ITEM:] = np.asarray(vocab.column(VOCAB_LOG_Q).to_pylist(), dtype=np.float64)
-        return cls(meta["version"], spec, item_ids, log_q, keras_model)
+        return cls(meta["version"], spec, item_ids, keras_model)
 
     def known(self, item_ids: "list[str]") -> "list[str]":
         """The ids of ``item_ids`` that are in the vocabulary, in their order."""
@@ -325,7 +405,7 @@ class SequenceRanker:
         return self.user_states_for_tokens(pad_histories([self.tokens(h) for h in histories], self.spec.max_len))
 
     def user_states_for_tokens(self, padded: np.ndarray) -> np.ndarray:
-        """(n, d) L2-normalised query vectors for (n, max_len) left-padded token histories."""
+        """(n, d) L2-normalised query vectors for (n, max_len) right-padded token histories."""
         if len(padded) == 0:
             return np.zeros((0, self.spec.embedding_dim), dtype=np.float32)
         # Direct calls rather than predict(): no distribution machinery, so this also works on a
@@ -340,40 +420,37 @@ class SequenceRanker:
         return list(self.item_ids), self._token_vectors[FIRST_ITEM:].astype(np.float32)
 
     def logits(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Model logits for candidate tokens (any shape, leading dim = users) given user states."""
+        """Raw model logits for candidate tokens (any shape, leading dim = users) given user states."""
         cosine = np.einsum("nd,n...d->n...", states, self._token_vectors[tokens])
-        return self._kernel[0] * cosine + self._kernel[1] * self._bias[tokens] + self._offset
+        return self._scale * cosine + self._bias[tokens]
 
     def all_item_scores(self, states: np.ndarray) -> np.ndarray:
-        """(n, n_items) ranking scores of every vocabulary item (columns in ``item_ids`` order)."""
+        """(n, n_items) raw logits of every vocabulary item (columns in ``item_ids`` order): the
+        ranking scores."""
         items = slice(FIRST_ITEM, None)
-        logits = self._kernel[0] * (states @ self._token_vectors[items].T) + self._kernel[1] * self._bias[items] + self._offset
-        if self.spec.logq_correction:
-            logits = logits + np.log(self.spec.negatives) + self._log_q[items]
-        return logits
+        return self._scale * (states @ self._token_vectors[items].T) + self._bias[items]
 
     def ranking_scores(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Logits with log(negatives * q) added back when the model was trained with popularity
-        negatives: BCE against negatives drawn from q learns log P(next) - log(k q)."""
-        logits = self.logits(states, tokens)
-        if self.spec.logq_correction:
-            logits = logits + np.log(self.spec.negatives) + self._log_q[tokens]
-        return logits
+        """The ranking score of candidate tokens: the raw logits."""
+        return self.logits(states, tokens)
 
     def score(self, histories: "list[list[str]]", candidates: "list[list[str]]") -> "list[np.ndarray]":
-        """P(next) for each candidate of each history (0 for candidates outside the vocabulary)."""
+        """P(next) for each candidate of each history (0 for candidates outside the vocabulary):
+        the softmax over the whole vocabulary, taken at the candidates."""
         if len(histories) != len(candidates):
             raise ValueError(f"score: {len(histories)} histories but {len(candidates)} candidate lists")
         states = self.user_states(histories)
         out = []
-        for state, items in zip(states, candidates):
-            tokens = np.asarray(self.tokens(items), dtype=np.int64)
-            known = tokens >= FIRST_ITEM
-            probs = np.zeros(len(tokens), dtype=np.float32)
-            if known.any():
-                z = self.ranking_scores(state[None, :], tokens[known][None, :])[0]
-                probs[known] = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-            out.append(probs)
+        for start in range(0, len(states), 256):
+            logits = self.all_item_scores(states[start:start + 256]).astype(np.float64)
+            peak = logits.max(axis=1, keepdims=True)
+            log_normaliser = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+            for row, items in enumerate(candidates[start:start + 256]):
+                tokens = np.asarray(self.tokens(items), dtype=np.int64)
+                known = tokens >= FIRST_ITEM
+                probs = np.zeros(len(tokens), dtype=np.float32)
+                probs[known] = np.exp(logits[row, tokens[known] - FIRST_ITEM] - log_normaliser[row]).astype(np.float32)
+                out.append(probs)
         return out
 
 

@@ -1,9 +1,10 @@
 """Stage ``train``: gold/user_sequences (+ gold/item_embeddings) -> ``<models_dir>/<version>/``.
 
 Spark builds everything the trainer reads: the item vocabulary (token ids, counts, negative
-sampling log-probabilities, text vectors) and the examples (sliding prefixes of each user's
-``train_items`` -> the next item; validation: the whole train sequence -> ``val_items[0]``),
-written as Parquet shards, one per worker. A backend (``recsys_spark.trainers``) trains on them;
+sampling log-probabilities, text vectors) and the examples (each user's ``train_items`` cut
+into right-aligned windows of ``train.max_len`` where every position predicts the next item;
+validation: the last ``max_len`` training items -> ``val_items[0]``, with the user's whole
+training set to exclude from the ranking), written as Parquet shards, one per worker. A backend (``recsys_spark.trainers``) trains on them;
 the chief exports the model. The folder is assembled under a staging name and renamed into
 place (after ``check_model_folder``), and only then does ``<models_dir>/latest`` move, so a failed
 run leaves the previous model in service. Logging the model to MLflow and registering it is the
@@ -11,7 +12,8 @@ pipeline's (``recsys_spark.tracking``), after the folder is published.
 
 Model folder: ``model.keras``, ``vocabulary/`` (Parquet: item_id, index, count, log_q,
 text_vector), ``config.json`` (model spec, train config, inputs), ``history.json`` (training
-curves per epoch), ``metrics.json`` (validation loss, HR@10, NDCG@10), ``curves.png`` when
+curves per epoch: loss, val_loss, val_hr@10, val_ndcg@10), ``metrics.json`` (best epoch:
+validation cross-entropy, HR@10, NDCG@10), ``curves.png`` when
 matplotlib is installed.
 """
 from __future__ import annotations
@@ -44,20 +46,24 @@ from recsys_spark.models.sequence import (
 from recsys_spark.core.context import StageContext, new_run_id
 from recsys_spark.core.session import require_classic
 from recsys_spark.core.schemas import (
-    EXAMPLE_HISTORY,
+    EXAMPLE_INPUTS,
+    EXAMPLE_MASK,
+    EXAMPLE_SEEN,
     EXAMPLE_TARGET,
+    EXAMPLE_TARGETS,
     ACTIVE,
     ITEM_EMBEDDINGS_TABLE,
     ITEM_ID,
     TEST_ITEMS,
     TRAIN_ITEMS,
+    TRAIN_SEEN_ITEMS,
     USER_ID,
     USER_SEQUENCES_TABLE,
     VAL_ITEMS,
     VECTOR,
     require_columns,
 )
-from recsys_spark.trainers import TrainJob, get_trainer, val_steps_for
+from recsys_spark.trainers import TrainJob, get_trainer
 
 log = logging.getLogger(__name__)
 
@@ -119,38 +125,61 @@ def token_sequences(sequences: DataFrame, vocabulary: DataFrame) -> DataFrame:
     )
 
 
-def _left_padded(history: str, max_len: int) -> F.Column:
-    return F.expr(f"concat(array_repeat(0, {max_len} - size({history})), {history})")
+def _right_padded(tokens: str, max_len: int) -> str:
+    return f"concat({tokens}, array_repeat(0, {max_len} - size({tokens})))"
 
 
-def training_examples(tokens: DataFrame, max_len: int) -> DataFrame:
-    """Sliding prefixes -> next item. Reads ``user_id``, ``tokens``; writes ``user_id``,
-    ``history`` (the ``max_len`` tokens before position t, left-padded with 0) and ``target``
-    (the token at t), for t = 1 .. n-1."""
-    prefixes = tokens.where(F.size(TOKENS) >= 2).select(
-        USER_ID, TOKENS, F.explode(F.sequence(F.lit(1), F.size(TOKENS) - 1)).alias(POSITION)
+def training_windows(tokens: DataFrame, max_len: int) -> DataFrame:
+    """Every-timestep examples: each user's token sequence cut into right-aligned windows of
+    ``max_len`` positions, where the input at each position is trained to predict the token
+    after it.
+
+    Reads ``user_id``, ``tokens``; writes ``user_id``, ``inputs``, ``targets`` (array<int> of
+    ``max_len``, right-padded with 0) and ``mask`` (array<boolean>: true where the target is an
+    item of the vocabulary). For n tokens there are n - 1 targets, each in exactly one window;
+    the last window ends at the last token, and only the first (oldest) one can be short. A
+    window whose targets are all out-of-vocabulary is dropped; users with one token have none."""
+    windows = tokens.where(F.size(TOKENS) >= 2).select(
+        USER_ID, TOKENS,
+        F.explode(F.sequence(F.lit(0), F.expr(f"cast(ceil((size({TOKENS}) - 1) / {max_len}) as int) - 1"))).alias("k"),
     )
-    recent = f"slice({TOKENS}, greatest(1, {POSITION} - {max_len} + 1), least({POSITION}, {max_len}))"
-    return prefixes.select(
+    # 1-based positions of the window's targets: [first, last]; its inputs are one earlier.
+    bounds = windows.select(
+        USER_ID, TOKENS,
+        F.expr(f"size({TOKENS}) - k * {max_len}").alias("last_target"),
+    ).withColumn("first_target", F.greatest(F.lit(2), F.col("last_target") - max_len + 1))
+    length = "(last_target - first_target + 1)"
+    examples = bounds.select(
         USER_ID,
-        _left_padded(recent, max_len).alias(EXAMPLE_HISTORY),
-        F.expr(f"element_at({TOKENS}, {POSITION} + 1)").alias(EXAMPLE_TARGET),
-    )
+        F.expr(_right_padded(f"slice({TOKENS}, first_target - 1, {length})", max_len)).alias(EXAMPLE_INPUTS),
+        F.expr(_right_padded(f"slice({TOKENS}, first_target, {length})", max_len)).alias(EXAMPLE_TARGETS),
+    ).withColumn(EXAMPLE_MASK, F.expr(f"transform({EXAMPLE_TARGETS}, t -> t >= {FIRST_ITEM})"))
+    return examples.where(F.expr(f"exists({EXAMPLE_MASK}, m -> m)"))
 
 
 def validation_examples(sequences: DataFrame, tokens: DataFrame, vocabulary: DataFrame, max_len: int) -> DataFrame:
-    """Whole train sequence -> the validation item. Reads ``user_id``, ``val_items`` and the
-    token sequences; writes ``user_id``, ``history``, ``target`` (null when the validation item
-    is not in the vocabulary: counted by the stage, never trained or scored)."""
+    """The last ``max_len`` training tokens -> the validation item. Reads ``user_id``,
+    ``val_items``, ``train_seen_items`` and the token sequences; writes ``user_id``, ``inputs``
+    (right-padded), ``target`` (null when the validation item is not in the vocabulary, or the
+    user has no training event: counted by the stage, never scored) and ``seen`` (the tokens of
+    every training item of the user: excluded when the target is ranked)."""
     val = sequences.where(F.size(F.coalesce(F.col(VAL_ITEMS), F.array())) > 0).select(
-        USER_ID, F.element_at(VAL_ITEMS, 1).alias(ITEM_ID)
+        USER_ID, F.element_at(VAL_ITEMS, 1).alias(ITEM_ID), TRAIN_SEEN_ITEMS
     )
-    val = val.join(vocabulary.select(ITEM_ID, VOCAB_INDEX), ITEM_ID, "left").join(tokens, USER_ID, "left")
-    recent = f"slice(coalesce({TOKENS}, array()), greatest(1, size(coalesce({TOKENS}, array())) - {max_len} + 1), {max_len})"
+    index = vocabulary.select(ITEM_ID, VOCAB_INDEX)
+    seen = (
+        val.select(USER_ID, F.explode(TRAIN_SEEN_ITEMS).alias(ITEM_ID))
+        .join(index, ITEM_ID)
+        .groupBy(USER_ID)
+        .agg(F.array_sort(F.collect_set(F.col(VOCAB_INDEX).cast("int"))).alias(EXAMPLE_SEEN))
+    )
+    val = val.join(index, ITEM_ID, "left").join(tokens, USER_ID, "left").join(seen, USER_ID, "left")
+    recent = f"slice({TOKENS}, greatest(1, size({TOKENS}) - {max_len} + 1), {max_len})"
     return val.select(
         USER_ID,
-        _left_padded(f"cast({recent} as array<int>)", max_len).alias(EXAMPLE_HISTORY),
-        F.col(VOCAB_INDEX).cast("int").alias(EXAMPLE_TARGET),
+        F.expr(_right_padded(f"coalesce(cast({recent} as array<int>), array())", max_len)).alias(EXAMPLE_INPUTS),
+        F.when(F.size(F.coalesce(F.col(TOKENS), F.array())) > 0, F.col(VOCAB_INDEX).cast("int")).alias(EXAMPLE_TARGET),
+        F.coalesce(F.col(EXAMPLE_SEEN), F.expr("cast(array() as array<int>)")).alias(EXAMPLE_SEEN),
     )
 
 
@@ -164,18 +193,14 @@ def count_oov_items(sequences: DataFrame, vocabulary: DataFrame) -> int:
     return held_out.join(vocabulary.select(ITEM_ID), ITEM_ID, "left_anti").count()
 
 
-def write_shards(examples: DataFrame, path: str, shards: int, seed: int) -> "list[int]":
-    """Write ``history``, ``target`` as Parquet under ``path/shard=<k>`` (k < shards), rows
+def write_shards(examples: DataFrame, path: str, shards: int, seed: int, columns: "list[str]") -> "list[int]":
+    """Write ``columns`` of ``examples`` as Parquet under ``path/shard=<k>`` (k < shards), users
     spread by a seeded hash; returns the row count of each shard."""
-    keyed = examples.withColumn(
-        SHARD, F.pmod(F.xxhash64(F.col(USER_ID), F.col(EXAMPLE_HISTORY), F.col(EXAMPLE_TARGET), F.lit(seed)), F.lit(shards)).cast("int")
-    )
-    keyed.select(EXAMPLE_HISTORY, EXAMPLE_TARGET, SHARD).repartition(shards, SHARD).write.mode("overwrite").partitionBy(SHARD).parquet(
-        path
-    )
+    keyed = examples.withColumn(SHARD, F.pmod(F.xxhash64(F.col(USER_ID), F.lit(seed)), F.lit(shards)).cast("int"))
+    keyed.select(*columns, SHARD).repartition(shards, SHARD).write.mode("overwrite").partitionBy(SHARD).parquet(path)
     spark: SparkSession = examples.sparkSession
     # An explicit schema: a write without rows leaves no file to infer one from.
-    written = spark.read.schema(f"{EXAMPLE_HISTORY} array<int>, {EXAMPLE_TARGET} int, {SHARD} int").parquet(path)
+    written = spark.read.schema(f"{SHARD} int").parquet(path)
     counts = dict(written.groupBy(SHARD).count().collect())
     return [int(counts.get(k, 0)) for k in range(shards)]
 
@@ -198,13 +223,17 @@ def _plot_curves(history: dict, path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axis = plt.subplots(figsize=(5, 3.2))
+    figure, (losses, ranking) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name in ("loss", "val_loss"):
         if history.get(name):
-            axis.plot(range(1, len(history[name]) + 1), history[name], marker="o", label=name)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("binary cross-entropy")
-    axis.legend()
+            losses.plot(range(1, len(history[name]) + 1), history[name], marker="o", label=name)
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("softmax cross-entropy")
+    losses.legend()
+    if history.get("val_ndcg@10"):
+        ranking.plot(range(1, len(history["val_ndcg@10"]) + 1), history["val_ndcg@10"], marker="o", label="val NDCG@10")
+        ranking.legend()
+    ranking.set_xlabel("epoch")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -223,8 +252,10 @@ def run(ctx: StageContext) -> dict:
     launch): a Spark Connect session fails here, before any work, naming the compute to use."""
     require_classic(ctx.spark, "stage train")
     sequences = ctx.lake.read(USER_SEQUENCES_TABLE)
-    require_columns(sequences, [USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS], "train: gold/user_sequences")
-    sequences = sequences.select(USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS).cache()
+    require_columns(
+        sequences, [USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS, TRAIN_SEEN_ITEMS], "train: gold/user_sequences"
+    )
+    sequences = sequences.select(USER_ID, TRAIN_ITEMS, VAL_ITEMS, TEST_ITEMS, TRAIN_SEEN_ITEMS).cache()
     models_dir = ctx.cfg.models_dir
     version = new_run_id()  # a model version is named like a run: sortable and unique
     staging = os.path.join(models_dir, f".staging-{version}")
@@ -268,11 +299,13 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
 
     tokens = token_sequences(sequences, vocabulary).cache()
     users_without_examples = sequences.where(F.size(F.coalesce(F.col(TRAIN_ITEMS), F.array())) < 2).count()
-    examples = training_examples(tokens, cfg.max_len)
-    oov_targets = examples.where(F.col(EXAMPLE_TARGET) == OOV).count()
+    windows = training_windows(tokens, cfg.max_len)
+    oov_targets = (
+        tokens.select(F.explode(F.slice(TOKENS, 2, 1 << 30)).alias("token")).where(F.col("token") == OOV).count()
+    )
     workers = cfg.num_workers
     train_dir = os.path.join(staging, "examples", "train")
-    train_rows = write_shards(examples.where(F.col(EXAMPLE_TARGET) != OOV), train_dir, workers, cfg.seed)
+    train_rows = write_shards(windows, train_dir, workers, cfg.seed, [EXAMPLE_INPUTS, EXAMPLE_TARGETS, EXAMPLE_MASK])
     if sum(train_rows) == 0:
         raise ValueError(
             "train: no training example: every user has fewer than 2 events in train_items "
@@ -280,15 +313,25 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         )
     if min(train_rows) == 0:
         raise ValueError(
-            f"train: {sum(train_rows)} training examples are too few for {workers} workers "
-            f"(rows per shard: {train_rows}); lower train.num_workers"
+            f"train: {sum(train_rows)} training windows are too few for {workers} workers "
+            f"(windows per shard: {train_rows}); lower train.num_workers"
         )
+    train_targets = int(
+        ctx.spark.read.parquet(train_dir).select(F.sum(F.aggregate(EXAMPLE_MASK, F.lit(0), lambda n, m: n + m.cast("int")))).first()[0]
+    )
 
     validation = validation_examples(sequences, tokens, vocabulary, cfg.max_len)
     val_dir: Optional[str] = os.path.join(staging, "examples", "val")
-    val_rows = write_shards(validation.where(F.col(EXAMPLE_TARGET).isNotNull()), val_dir, workers, cfg.seed)
-    if min(val_rows) == 0:
-        log.warning("train: validation rows per shard %s: training without validation", val_rows)
+    val_rows = write_shards(
+        validation.where(F.col(EXAMPLE_TARGET).isNotNull()), val_dir, workers, cfg.seed,
+        [EXAMPLE_INPUTS, EXAMPLE_TARGET, EXAMPLE_SEEN],
+    )
+    # A shard without validation rows is fine: the ranks' sums are added up.
+    if sum(val_rows) == 0:
+        log.warning(
+            "train: validation rows per shard %s (no validation item in the vocabulary): training for "
+            "train.epochs without early stopping, keeping the last epoch", val_rows
+        )
         val_dir, val_rows = None, []
     oov_items = count_oov_items(sequences, vocabulary)
     tokens.unpersist()
@@ -299,8 +342,7 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         embedding_dim=cfg.embedding_dim,
         lstm_units=cfg.lstm_units,
         text_dim=text_dim,
-        negatives=cfg.negatives,
-        logq_correction=cfg.logq_correction,
+        dropout=cfg.dropout,
     )
     job = TrainJob(
         version=version,
@@ -315,18 +357,23 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         warmup_epochs=cfg.warmup_epochs,
-        negatives=cfg.negatives,
         patience=cfg.early_stopping_patience,
         seed=cfg.seed,
+        # At least one step even when a shard holds fewer windows than a batch (they repeat).
         steps_per_epoch=max(1, min(train_rows) // cfg.batch_size),
-        val_steps=val_steps_for(val_rows, cfg.batch_size),
+        full_softmax_max_items=cfg.full_softmax_max_items,
+        sampled_negatives=cfg.sampled_negatives,
+        in_batch_negatives=cfg.in_batch_negatives,
+        clip_norm=cfg.clip_norm,
+        max_minutes=cfg.max_minutes,
         tf_threads=cfg.tf_threads,
         start_timeout_s=cfg.start_timeout_s,
         horovodrun_hosts=cfg.horovodrun_hosts,
     )
+    loss_name = "full softmax" if n_items <= cfg.full_softmax_max_items else f"sampled softmax ({cfg.sampled_negatives} negatives)"
     ctx.progress(
-        f"train: {sum(train_rows)} examples, {n_items} items, backend {cfg.backend} x{workers}, "
-        f"{job.steps_per_epoch} steps/epoch"
+        f"train: {train_targets} targets in {sum(train_rows)} windows, {n_items} items ({loss_name}), "
+        f"backend {cfg.backend} x{workers}, {job.steps_per_epoch} steps/epoch, at most {cfg.epochs} epochs"
     )
     results = get_trainer(cfg.backend).fit(job, ctx.spark)
     vocabulary.unpersist()
@@ -335,10 +382,19 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
     history = chief["history"]
     best = chief["best_epoch"] - 1
     seconds = max(r["seconds"] for r in results)
-    trained = sum(r["examples"] for r in results)
+    train_seconds = max(r["train_seconds"] for r in results)
+    trained = sum(r["targets_trained"] for r in results)
+    # The driver's own log, whatever the backend (executor and worker-process logs stay there).
+    for epoch, loss in enumerate(history.get("loss", [])):
+        ndcg = history.get("val_ndcg@10", [])
+        log.info(
+            "train epoch %d/%d (%s x%d): loss %.4f, val NDCG@10 %s, %.1fs", epoch + 1, cfg.epochs, cfg.backend, workers,
+            loss, f"{ndcg[epoch]:.4f}" if epoch < len(ndcg) else "n/a", chief["epoch_seconds"][epoch],
+        )
+    log.info("train: best epoch %d of %d (stopped by %s)", chief["best_epoch"], chief["epochs_run"], chief["stopped_by"])
     val_count = sum(r.get("val_count", 0) for r in results)
     metrics = {
-        "val_loss": _best(history.get("val_loss", []), best),
+        "val_loss": round(sum(r.get("val_xent", 0.0) for r in results) / val_count, 5) if val_count else None,
         "train_loss": _best(history.get("loss", []), best),
         "val_hr@10": round(sum(r.get("val_hits", 0.0) for r in results) / val_count, 5) if val_count else None,
         "val_ndcg@10": round(sum(r.get("val_ndcg", 0.0) for r in results) / val_count, 5) if val_count else None,
@@ -352,13 +408,17 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "backend": cfg.backend,
         "world_size": chief["world_size"],
         "model": spec.to_json(),
+        "loss": loss_name,
         "train": ctx.cfg.to_dict()["train"],
         "inputs": {
             "user_sequences_version": ctx.lake.version(USER_SEQUENCES_TABLE),
             "item_embeddings_version": ctx.lake.version(ITEM_EMBEDDINGS_TABLE) if text_dim else None,
         },
         "ranks": [
-            {"rank": r["rank"], "weights_sha256": r["weights_sha256"], "seconds": round(r["seconds"], 2)}
+            {
+                "rank": r["rank"], "weights_sha256": r["weights_sha256"], "seconds": round(r["seconds"], 2),
+                "epochs_run": r["epochs_run"], "best_epoch": r["best_epoch"], "stopped_by": r["stopped_by"],
+            }
             for r in results
         ],
     }
@@ -372,10 +432,17 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
     return {
         "backend": cfg.backend,
         "world_size": chief["world_size"],
+        "loss": loss_name,
         "epochs": chief["epochs_run"],
-        "examples": sum(train_rows),
-        "examples_trained": trained,
-        "examples_per_s": round(trained / seconds, 1) if seconds else None,
+        "best_epoch": chief["best_epoch"],
+        "stopped_by": chief["stopped_by"],
+        "windows": sum(train_rows),
+        "targets": train_targets,
+        "targets_trained": int(trained),
+        # As examples_per_s was before: over the whole fit, validation included ...
+        "targets_per_s": round(trained / seconds, 1) if seconds else None,
+        # ... and over the training steps only (the epochs' time without their validation).
+        "train_targets_per_s": round(trained / train_seconds, 1) if train_seconds else None,
         "train_loss": metrics["train_loss"],
         "val_loss": metrics["val_loss"],
         "val_ndcg@10": metrics["val_ndcg@10"],
@@ -386,5 +453,6 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "oov_items": oov_items,
         "oov_targets": oov_targets,
         "identical_weights": len({r["weights_sha256"] for r in results}) == 1,
+        "same_stop_epoch": len({(r["epochs_run"], r["best_epoch"]) for r in results}) == 1,
         "tables": {},  # the model goes to <models_dir>/<version>, not to a table
     }

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -42,8 +41,11 @@ class TrainJob:
 
     Paths are on a file system every worker sees (local in local mode, a shared mount on a
     cluster): ``train_dir``/``val_dir`` hold ``shard=<rank>`` folders of Parquet files with
-    columns ``history`` (array<int>, max_len, left-padded) and ``target`` (int);
-    ``vocabulary_dir`` holds the item vocabulary; the chief writes the model into ``export_dir``.
+    training windows (``inputs``, ``targets``, ``mask``: array<int>/array<boolean> of max_len,
+    right-padded) and validation rows (``inputs``, ``target``, ``seen``); ``vocabulary_dir``
+    holds the item vocabulary; the chief writes the model into ``export_dir``.
+    ``epochs`` is a maximum: early stopping on validation NDCG@10 (``patience``) and the
+    ``max_minutes`` budget (0: none) end training sooner.
     """
 
     version: str
@@ -58,11 +60,14 @@ class TrainJob:
     batch_size: int
     learning_rate: float
     warmup_epochs: int
-    negatives: int
     patience: int
     seed: int
     steps_per_epoch: int
-    val_steps: int
+    full_softmax_max_items: int = 20000
+    sampled_negatives: int = 2048
+    in_batch_negatives: bool = True
+    clip_norm: float = 1.0
+    max_minutes: float = 0.0
     tf_threads: int = 0
     start_timeout_s: int = 120
     horovodrun_hosts: Optional[str] = None
@@ -153,7 +158,3 @@ def python_error(exc: BaseException, limit: int = 800) -> str:
         return "\n".join(line for line in lines[:6] if not line.lstrip().startswith("at "))[:limit]
     return text.strip().splitlines()[0][:limit] if text.strip() else type(exc).__name__
 
-
-def val_steps_for(rows_per_shard: "list[int]", batch_size: int) -> int:
-    """Validation steps per rank: enough for the largest shard (smaller ones wrap around)."""
-    return max(1, math.ceil(max(rows_per_shard) / batch_size)) if rows_per_shard else 0

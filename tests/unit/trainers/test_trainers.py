@@ -21,7 +21,7 @@ def test_write_job_round_trips_the_job(tmp_path):
     job = TrainJob(
         version="v1", work_dir=str(tmp_path / "work"), train_dir="t", val_dir=None, vocabulary_dir="voc",
         export_dir="out", world_size=2, model={"n_tokens": 5}, epochs=1, batch_size=8, learning_rate=0.1,
-        warmup_epochs=0, negatives=2, patience=1, seed=3, steps_per_epoch=4, val_steps=0,
+        warmup_epochs=0, patience=1, seed=3, steps_per_epoch=4, sampled_negatives=5, max_minutes=1.5,
     )
     path = write_job(job)
     assert path == str(tmp_path / "work" / "job.json")

@@ -34,6 +34,7 @@ def make_ctx(spark, tmp_path):
 # `--dist loadfile` workers take files in collection order, so these start first and the short
 # files fill the gaps instead of one long file running alone at the end.
 HEAVIEST_FIRST = (
+    "reliability/test_incremental_cycles.py",  # 20 cycles of four stages (~8 min alone, 2026-12-03)
     "integration/test_notebooks.py",
     "integration/test_cluster.py",
     "reliability/test_crash_mid_write.py",

@@ -487,18 +487,22 @@ class Lakehouse:
         update_condition: Optional[str] = None,
         delete_condition: Optional[str] = None,
         metadata: Optional[dict] = None,
+        delete_when: Optional[str] = None,
+        insert_when: Optional[str] = None,
     ) -> WriteResult:
-        """Upsert ``df`` on ``keys`` in one commit: insert new keys; update matched rows when
-        ``update`` (and ``update_condition``, over the aliases ``t`` target and ``s`` source, holds);
-        delete target rows without a source row matching ``delete_condition``. A missing table is
-        created empty from its schema first, so the result always holds MERGE metrics."""
+        """Upsert ``df`` on ``keys`` in one commit: insert new keys (those whose source row matches
+        ``insert_when``, if given); delete matched rows whose source row matches ``delete_when``;
+        update the other matched rows when ``update`` (and ``update_condition`` holds); delete
+        target rows without a source row matching ``delete_condition``. Conditions are SQL over the
+        aliases ``t`` (target) and ``s`` (source). A missing table is created empty from its schema
+        first, so the result always holds MERGE metrics."""
         self._create_if_missing(table)
         source = self.conform(df, table)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        clauses = []
+        clauses = [f"WHEN MATCHED AND ({delete_when}) THEN DELETE"] if delete_when else []
         if update:
             clauses.append(f"WHEN MATCHED{f' AND ({update_condition})' if update_condition else ''} THEN UPDATE SET *")
-        clauses.append("WHEN NOT MATCHED THEN INSERT *")
+        clauses.append(f"WHEN NOT MATCHED{f' AND ({insert_when})' if insert_when else ''} THEN INSERT *")
         if delete_condition:
             clauses.append(f"WHEN NOT MATCHED BY SOURCE AND ({delete_condition}) THEN DELETE")
         view = f"_recsys_merge_source_{uuid.uuid4().hex}"

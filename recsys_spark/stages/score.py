@@ -19,9 +19,13 @@ the previous version stays readable (``versionAsOf``) for rollback.
   inert (``core.display.inert_column``: no control or bidi character, at most 200 characters).
 - No item of a user's ``seen_items`` is recommended: candidates are filtered again (retrieve
   excludes them already, but candidates may predate the user's newest events) and so is the fill.
-- ``score.mode=incremental`` rescores only users with events ingested after the previous scoring
-  run and MERGEs their rows on (user_id, rank). The watermark (the newest ``_ingested_at`` seen)
-  is stored in the Delta commit's ``userMetadata``, so it moves atomically with the rows.
+- ``score.mode=incremental`` rescores the users with events ingested after the previous scoring
+  run, and the users whose list holds popular items (those lists follow the whole warehouse's
+  popularity, which any new event may change), and MERGEs their rows on (user_id, rank): a list
+  that came out shorter drops its old rows past its end. Every other user's list depends only on
+  their own history, the candidates and the model, so the table equals a full scoring of the same
+  tables with the same model. The watermark (the newest ``_ingested_at`` seen) is stored in the
+  Delta commit's ``userMetadata``, so it moves atomically with the rows.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ from recsys_spark.core.schemas import (
 log = logging.getLogger(__name__)
 
 NO_MODEL = "none"
+POPULAR_REASON = "popular: "  # how a popular row's reason starts (incremental mode finds them by it)
 WATERMARK_KEY = "score_watermark"
 CANDIDATE_ITEMS = "_candidate_items"
 BECAUSE = "_because"
@@ -217,7 +222,7 @@ def with_reasons(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, t
             REASON,
             F.when(
                 F.col(POPULARITY).isNotNull(),
-                F.format_string("popular: %s is in the history of %d users", inert_column(F.coalesce("_title", ITEM_ID)), POPULARITY),
+                F.format_string(POPULAR_REASON + "%s is in the history of %d users", inert_column(F.coalesce("_title", ITEM_ID)), POPULARITY),
             )
             .when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you watched "), inert_column(F.coalesce("_because_title", BECAUSE))))
             .otherwise(F.lit("close to your history")),
@@ -240,6 +245,15 @@ def last_state(ctx: StageContext) -> Optional[dict]:
     return None
 
 
+def past_the_end(final: DataFrame, sequences: DataFrame, k: int) -> DataFrame:
+    """``(user_id, rank)`` for each rank up to ``k`` that a rescored user's new list does not
+    fill (it has seen almost the whole catalog): the incremental MERGE deletes those old rows."""
+    ranks = sequences.select(USER_ID).crossJoin(
+        final.sparkSession.range(1, k + 1).select(F.col("id").cast("int").alias(RANK))
+    )
+    return ranks.join(final.select(USER_ID, RANK), [USER_ID, RANK], "left_anti")
+
+
 # ---- the stage ------------------------------------------------------------------------------
 def run(ctx: StageContext) -> dict:
     """Write gold/recommendations (full replace or incremental merge); return counts."""
@@ -258,10 +272,11 @@ def run(ctx: StageContext) -> dict:
         mode = "full"
     if mode == "incremental":
         since = previous[WATERMARK_KEY]
-        changed = (
-            events.where(F.col(INGESTED_AT) > F.to_timestamp(F.lit(since))).select(USER_ID).distinct()
+        changed = events.where(F.col(INGESTED_AT) > F.to_timestamp(F.lit(since))).select(USER_ID)
+        with_popular = (
+            lake.read(RECOMMENDATIONS_TABLE).where(F.col(REASON).startswith(POPULAR_REASON)).select(USER_ID)
         )
-        sequences = sequences.join(changed, USER_ID)
+        sequences = sequences.join(changed.unionByName(with_popular).distinct(), USER_ID)
     sequences = sequences.cache()
     try:
         summary = _score(ctx, all_sequences, sequences, mode, {WATERMARK_KEY: watermark_text, "k": sc.k, "run_id": ctx.run_id})
@@ -331,7 +346,11 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         ).first()
         # One commit carrying ``state`` as its userMetadata: replace, or merge on (user_id, rank).
         if mode == "incremental":
-            written = lake.merge(final, RECOMMENDATIONS_TABLE, [USER_ID, RANK], metadata=state)
+            written = lake.merge(
+                final.unionByName(past_the_end(final, sequences, sc.k), allowMissingColumns=True),
+                RECOMMENDATIONS_TABLE, [USER_ID, RANK], metadata=state,
+                delete_when=f"s.`{ITEM_ID}` IS NULL", insert_when=f"s.`{ITEM_ID}` IS NOT NULL",
+            )
         else:
             written = lake.replace(final, RECOMMENDATIONS_TABLE, metadata=state)
     finally:

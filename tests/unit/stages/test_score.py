@@ -147,8 +147,11 @@ def test_model_scores_reorder_candidates_in_the_udf(spark):
 
 
 def test_readers_see_whole_versions_and_incremental_touches_only_changed_users(make_ctx):
+    # u5's list is all ranked candidates; u2's, u3's and u4's hold popular items.
+    histories = {**HISTORIES, "u5": ["c", "d"]}
+    candidate_lists = {**CANDIDATE_LISTS, "u5": ["e", "f", "g"]}
     ctx = make_ctx("score.k=3", "score.min_history=2", "train.models_dir=/nonexistent/models")
-    write_inputs(ctx)
+    write_inputs(ctx, histories, candidate_lists)
     first = score.run(dataclasses.replace(ctx, run_id="r1"))
     table = ctx.lake.location(RECOMMENDATIONS_TABLE)
 
@@ -167,23 +170,44 @@ def test_readers_see_whole_versions_and_incremental_touches_only_changed_users(m
     finally:
         done.set()
         thread.join()
-    assert seen and all(s in ({"r1": 12}, {"r2": 12}) for s in seen), seen
+    assert seen and all(s in ({"r1": 15}, {"r2": 15}) for s in seen), seen
     assert {r[RUN_ID] for rows in recommendations(ctx, first["tables"]["gold/recommendations"]).values() for r in rows} == {"r1"}
 
-    # New events for u1 only; u1's and u2's candidates both change, but only u1 is rescored.
+    # New events for u1 only; u1's and u5's candidates both change. u1 is rescored, and so are
+    # the lists with popular items (popularity moved); u5's list stays as it was.
     later = datetime(2026, 2, 1)
     ctx.lake.append(
         ctx.spark.createDataFrame([("u1-new", "u1", "d", "view", later, None, None, "s", later)], SILVER_EVENTS),
         SILVER_EVENTS_TABLE,
     )
-    write_candidates(ctx, {"u1": ["g", "h", "e"], "u2": ["f", "g"], "u3": ["f", "g"]})
+    write_candidates(ctx, {"u1": ["g", "h", "e"], "u2": ["e", "h"], "u3": ["f", "g"], "u5": ["g", "f", "e"]})
     incremental = make_ctx("score.k=3", "score.min_history=2", "score.mode=incremental",
                            "train.models_dir=/nonexistent/models", warehouse=ctx.cfg.warehouse)
     summary = score.run(dataclasses.replace(incremental, run_id="r3"))
-    assert summary["mode"] == "incremental" and summary["users"] == 1
+    assert summary["mode"] == "incremental" and summary["users"] == 4
     recs = recommendations(ctx)
     assert [r[ITEM_ID] for r in recs["u1"]] == ["g", "h", "e"]
-    assert {r[RUN_ID] for r in recs["u1"]} == {"r3"}
-    for user in ("u2", "u3", "u4"):
-        assert {r[RUN_ID] for r in recs[user]} == {"r2"}, user
+    for user in ("u1", "u2", "u3", "u4"):
+        assert {r[RUN_ID] for r in recs[user]} == {"r3"}, user
+    assert {r[RUN_ID] for r in recs["u5"]} == {"r2"}
+    assert [r[ITEM_ID] for r in recs["u5"]] == ["e", "f", "g"]
     assert [r[ITEM_ID] for r in recs["u2"][:2]] == ["e", "h"]
+
+    # u2 has now seen all but h: its rescored list is one row long, and its old ranks 2-3 go.
+    ctx.lake.append(
+        ctx.spark.createDataFrame(
+            [(f"u2-new-{i}", "u2", i, "view", later, None, None, "s", datetime(2026, 3, 1)) for i in "efg"], SILVER_EVENTS
+        ),
+        SILVER_EVENTS_TABLE,
+    )
+    ctx.lake.replace(
+        ctx.spark.createDataFrame(
+            [seq_row(u, h + (["d"] if u == "u1" else ["e", "f", "g"] if u == "u2" else [])) for u, h in histories.items()],
+            USER_SEQUENCES,
+        ),
+        USER_SEQUENCES_TABLE,
+    )
+    score.run(dataclasses.replace(incremental, run_id="r4"))
+    recs = recommendations(ctx)
+    assert [(r[RANK], r[ITEM_ID], r[RUN_ID]) for r in recs["u2"]] == [(1, "h", "r4")]
+    assert {r[RUN_ID] for r in recs["u5"]} == {"r2"}

@@ -46,6 +46,7 @@ HEAVIEST_FIRST = (
     "unit/evaluation/test_report.py",  # ingest + features + evaluate once, and Chromium (~4 min loaded, 2026-12-03)
     "reliability/test_corrupt_artifacts.py",
     "reliability/test_concurrent_jobs.py",
+    "reliability/test_concurrent_stages.py",  # train / score in a second process (~5 min alone)
     "reliability/test_schema_drift.py",
     "reliability/test_resource_limits.py",
     "integration/test_cli.py",

@@ -122,9 +122,9 @@ def catalog(lake, sequences: DataFrame) -> DataFrame:
     return from_sequences.where(F.col(ITEM_ID).isNotNull()).distinct()
 
 
-def pipeline_predictions(lake) -> DataFrame:
-    """gold/recommendations as predictions (user_id, item_id, rank)."""
-    recommendations = lake.read(RECOMMENDATIONS_TABLE)
+def pipeline_predictions(lake, version: Optional[int] = None) -> DataFrame:
+    """gold/recommendations (at ``version`` when given) as predictions (user_id, item_id, rank)."""
+    recommendations = lake.read(RECOMMENDATIONS_TABLE, version)
     require_columns(recommendations, (USER_ID, ITEM_ID, RANK), str(RECOMMENDATIONS_TABLE))
     return recommendations.select(USER_ID, ITEM_ID, F.col(RANK).cast("int").alias(RANK))
 
@@ -345,7 +345,10 @@ def run(ctx: StageContext) -> dict:
     }
     models = [m for m in cfg.baselines if m != PIPELINE_MODEL]
     skipped: dict[str, str] = {}
-    if ctx.lake.exists(RECOMMENDATIONS_TABLE):
+    # One version of gold/recommendations for every job that reads it, even while an
+    # incremental or full scoring publishes a new one (recorded in the summary).
+    recommendations_version = ctx.lake.version(RECOMMENDATIONS_TABLE)
+    if recommendations_version is not None:
         models.append(PIPELINE_MODEL)
     elif PIPELINE_MODEL in cfg.baselines:
         skipped[PIPELINE_MODEL] = f"table {RECOMMENDATIONS_TABLE} missing: run the score stage"
@@ -370,7 +373,7 @@ def run(ctx: StageContext) -> dict:
         if model == ALS_MODEL:
             predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
         elif model == PIPELINE_MODEL:
-            predictions = pipeline_predictions(ctx.lake)
+            predictions = pipeline_predictions(ctx.lake, recommendations_version)
         else:
             predictions = producers[model]()
         model_rows, counts[model], frame = evaluate_model(
@@ -443,6 +446,7 @@ def run(ctx: StageContext) -> dict:
         "short_lists": {m: c["short_lists"] for m, c in counts.items()},
         "model_seconds": seconds,
         "metrics_rows": len(table_rows),
+        "recommendations_version": recommendations_version,
         "tables": table_versions(written),
         "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
         f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",

@@ -86,6 +86,11 @@ def conflict_of(exc: BaseException) -> Optional[str]:
     return None
 
 
+# Delta's error for CREATE TABLE on a folder that holds files but no commit yet: another job's
+# first write of the table in flight (or a folder that is no table at all).
+_BEING_CREATED = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
+
+
 class TableDamaged(RuntimeError):
     """A table whose Delta log holds an entry that cannot be read (truncated, overwritten, failing
     its checksum). ``table`` is its ``TableRef`` (None when the location is no table of ours),
@@ -544,11 +549,22 @@ class Lakehouse:
             "`" + f.name.replace("`", "``") + "` " + f.dataType.simpleString() for f in table.schema.fields
         )
         # Two jobs creating it at once: the loser's commit of version 0 conflicts; its retry finds
-        # the table there (IF NOT EXISTS) and does nothing.
-        self._retrying(
-            table, "CREATE TABLE",
-            lambda: self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self._sql_name(table)} ({columns}) USING DELTA"),
-        )
+        # the table there (IF NOT EXISTS) and does nothing. A job that finds the other's first
+        # files there before its first commit (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION) waits
+        # for that commit the same bounded way; a folder that never becomes a table stays an error.
+        statement = f"CREATE TABLE IF NOT EXISTS {self._sql_name(table)} ({columns}) USING DELTA"
+        retries, base = self.cfg.tables.conflict_retries, self.cfg.tables.conflict_backoff_seconds
+        for tried in range(1, retries + 2):
+            try:
+                self._retrying(table, "CREATE TABLE", lambda: self.spark.sql(statement))
+                return
+            except Exception as exc:  # noqa: BLE001 - only a location being created is waited for
+                if tried > retries or not any(_BEING_CREATED in str(e) for e in _chain(exc)):
+                    raise
+                delay = min(_BACKOFF_CAP_S, base * 2 ** (tried - 1)) * random.uniform(0.5, 1.5)
+                log.warning("table %s: its folder holds another job's first files, not yet a commit; "
+                            "try %d of %d in %.1f s", table, tried + 1, retries + 1, delay)
+                time.sleep(delay)
 
     def _write(
         self,

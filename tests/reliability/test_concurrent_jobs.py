@@ -103,3 +103,48 @@ def test_two_ingests_at_once_store_every_row_once(make_ctx, tmp_path):
     # Every stored event was inserted by exactly one of the two (the other counted it a duplicate,
     # or skipped the file the first had recorded).
     assert sum(s["rows_good"] for s in summaries) == reference["rows_good"]
+
+
+
+# What the second of two ingests started at once got once (CI, 2026-12-03): the first one's
+# CREATE TABLE of bronze/events had put files in the folder but not yet committed.
+IN_FLIGHT = (
+    "[DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION] Cannot create table ('`delta`.`/w/bronze/events`'). "
+    "The associated location ('/w/bronze/events') is not empty and also not a Delta table."
+)
+
+
+def test_create_waits_for_another_jobs_first_commit_then_gives_deltas_error(tmp_path):
+    lake = Lakehouse(None, small_config(tmp_path / "wh", "tables.conflict_retries=3", "tables.conflict_backoff_seconds=0"))
+    lake.exists = lambda table: False
+    statements = []
+
+    class Session:
+        def __init__(self, failures):
+            self.failures = failures
+
+        def sql(self, statement):
+            statements.append(statement)
+            if len(statements) <= self.failures:
+                raise RuntimeError(IN_FLIGHT)
+
+    lake.spark = Session(failures=2)  # the other job commits while this one waits
+    lake._create_if_missing(S.BRONZE_EVENTS_TABLE)
+    assert len(statements) == 3 and all(s.startswith("CREATE TABLE IF NOT EXISTS") for s in statements)
+
+    statements.clear()
+    lake.spark = Session(failures=99)  # a folder that never becomes a table
+    with pytest.raises(RuntimeError, match="DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"):
+        lake._create_if_missing(S.BRONZE_EVENTS_TABLE)
+    assert len(statements) == 4
+
+    statements.clear()
+    class Broken:
+        def sql(self, statement):
+            statements.append(statement)
+            raise ValueError("other")
+
+    lake.spark = Broken()
+    with pytest.raises(ValueError, match="other"):
+        lake._create_if_missing(S.BRONZE_EVENTS_TABLE)
+    assert len(statements) == 1, "only a folder being created is waited for"

@@ -86,6 +86,11 @@ def conflict_of(exc: BaseException) -> Optional[str]:
     return None
 
 
+def _backoff(base: float, tried: int) -> float:
+    """Seconds to wait after the ``tried``-th lost try: doubling from ``base``, capped, jittered."""
+    return min(_BACKOFF_CAP_S, base * 2 ** (tried - 1)) * random.uniform(0.5, 1.5)
+
+
 # Delta's error for CREATE TABLE on a folder that holds files but no commit yet: another job's
 # first write of the table in flight (or a folder that is no table at all).
 _BEING_CREATED = "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
@@ -456,7 +461,7 @@ class Lakehouse:
                         "the same time; run the two one after the other, or raise tables.conflict_retries",
                         table, tried, other,
                     ) from exc
-                delay = min(_BACKOFF_CAP_S, base * 2 ** (tried - 1)) * random.uniform(0.5, 1.5)
+                delay = _backoff(base, tried)
                 log.warning("table %s: %s lost to a concurrent write (%s); try %d of %d in %.1f s",
                             table, operation, other, tried + 1, retries + 1, delay)
                 time.sleep(delay)
@@ -561,7 +566,7 @@ class Lakehouse:
             except Exception as exc:  # noqa: BLE001 - only a location being created is waited for
                 if tried > retries or not any(_BEING_CREATED in str(e) for e in _chain(exc)):
                     raise
-                delay = min(_BACKOFF_CAP_S, base * 2 ** (tried - 1)) * random.uniform(0.5, 1.5)
+                delay = _backoff(base, tried)
                 log.warning("table %s: its folder holds another job's first files, not yet a commit; "
                             "try %d of %d in %.1f s", table, tried + 1, retries + 1, delay)
                 time.sleep(delay)

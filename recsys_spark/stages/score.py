@@ -276,7 +276,11 @@ def run(ctx: StageContext) -> dict:
         with_popular = (
             lake.read(RECOMMENDATIONS_TABLE).where(F.col(REASON).startswith(POPULAR_REASON)).select(USER_ID)
         )
-        sequences = sequences.join(changed.unionByName(with_popular).distinct(), USER_ID)
+        # Checkpointed: this set is read from gold/recommendations, which this run's MERGE rewrites.
+        # A cached frame whose plan still read that table would be re-planned by Delta's commit
+        # (every Delta scan in it listed again: 24 listings, ~6 s of a cycle on tiny tables).
+        to_score = changed.unionByName(with_popular).distinct().localCheckpoint(eager=True)
+        sequences = sequences.join(to_score, USER_ID)
     sequences = sequences.cache()
     try:
         summary = _score(ctx, all_sequences, sequences, mode, {WATERMARK_KEY: watermark_text, "k": sc.k, "run_id": ctx.run_id})

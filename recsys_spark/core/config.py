@@ -247,6 +247,9 @@ class TrainConfig:
     # Sampled negatives are drawn with probability count**popularity_exponent (popularity sampling).
     popularity_exponent: float = 0.75
     use_text_vectors: bool = True
+    # Catalog items outside the served model's vocabulary that retrieve and score place in its
+    # item space through the text projection (newest encoded first; 0: none until a retrain).
+    cold_start_max_items: int = 100000
     early_stopping_patience: int = 2  # epochs without a better validation NDCG@10
     max_minutes: float = 0.0  # wall-clock budget of the training loop (0: none)
     min_item_count: int = 1
@@ -262,6 +265,7 @@ class TrainConfig:
         _check(self.start_timeout_s >= 1, f"{key}.start_timeout_s", "must be >= 1")
         _check(self.early_stopping_patience >= 0, f"{key}.early_stopping_patience", "must be >= 0")
         _check(self.min_item_count >= 1, f"{key}.min_item_count", "must be >= 1")
+        _check(self.cold_start_max_items >= 0, f"{key}.cold_start_max_items", "must be >= 0 (0: no cold-start items)")
         _check_choice(self.backend, TRAIN_BACKENDS, f"{key}.backend")
         for name in ("num_workers", "epochs", "batch_size", "embedding_dim", "lstm_units", "max_len"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")

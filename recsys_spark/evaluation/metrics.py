@@ -446,3 +446,39 @@ def popularity_histogram(items: DataFrame, popularity: DataFrame, bins: int) -> 
         .groupBy("bin")
         .agg(F.count(F.lit(1)).alias("n"))
     )
+
+
+def candidate_recall(candidates: DataFrame, targets: DataFrame) -> dict:
+    """How many held-out items reach the candidate set: the ceiling of every ranking of it.
+
+    ``candidates`` are ``(user_id, item_id, rank)`` rows; ``targets`` carry each user's
+    ``test_items``. Returns ``targets`` (distinct held-out (user, item) pairs), ``found`` (those
+    among the user's candidates), ``recall`` (their share), ``users`` (test users), ``users_found``
+    (users with at least one held-out item among their candidates) and ``depth`` (the deepest
+    candidate rank). A user without candidates counts as a miss.
+    """
+    require_columns(candidates, (USER_ID, ITEM_ID, RANK), "candidates")
+    require_columns(targets, (USER_ID, TEST_ITEMS), "candidate recall targets")
+    held_out = targets.select(USER_ID, F.explode(F.array_distinct(TEST_ITEMS)).alias(ITEM_ID)).dropDuplicates()
+    hits = candidates.select(USER_ID, ITEM_ID).dropDuplicates().withColumn("_in", F.lit(1))
+    per_user = (
+        held_out.join(hits, [USER_ID, ITEM_ID], "left")
+        .groupBy(USER_ID)
+        .agg(F.count(F.lit(1)).alias("_targets"), F.count("_in").alias("_found"))
+    )
+    tally = per_user.agg(
+        F.sum("_targets").alias("targets"),
+        F.sum("_found").alias("found"),
+        F.count(F.lit(1)).alias("users"),
+        F.sum((F.col("_found") > 0).cast("long")).alias("users_found"),
+    ).first()
+    depth = candidates.agg(F.max(RANK)).first()[0]
+    n_targets, found = int(tally["targets"] or 0), int(tally["found"] or 0)
+    return {
+        "targets": n_targets,
+        "found": found,
+        "recall": round(found / n_targets, 4) if n_targets else None,
+        "users": int(tally["users"] or 0),
+        "users_found": int(tally["users_found"] or 0),
+        "depth": None if depth is None else int(depth),
+    }

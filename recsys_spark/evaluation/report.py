@@ -56,6 +56,7 @@ from recsys_spark.core.schemas import (
     VALUE,
 )
 from recsys_spark.models.sequence import latest_model_dir
+from recsys_spark.evaluation.metrics import candidate_recall
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +274,9 @@ def example_users(lake: Lakehouse, targets: DataFrame, cfg: ReportConfig, k: int
 
 def pipeline_health(ctx: StageContext, targets: DataFrame) -> dict:
     """Rows in / good / quarantined (this run's ingest, else the warehouse's tables), retrieval
-    recall against exact search (this run's retrieve), the candidate recall (share of test users
-    whose held-out item is in gold/candidates) and the served model's training history."""
+    recall against exact search (this run's retrieve), the candidate recall (share of held-out
+    items that are in their user's gold/candidates: ``metrics.candidate_recall``) and the served
+    model's training history."""
     lake = ctx.lake
     health: dict = {}
     ingest = ctx.results.get("ingest")
@@ -303,18 +305,7 @@ def pipeline_health(ctx: StageContext, targets: DataFrame) -> dict:
     if retrieve is not None:
         health["retrieval"] = {key: retrieve.get(key) for key in ("method", "k", "recall_at_k_vs_exact", "recall_target", "recall_sample")}
     if lake.exists(CANDIDATES_TABLE):
-        held_out = targets.select(USER_ID, F.explode(TEST_ITEMS).alias(ITEM_ID))
-        candidates = lake.read(CANDIDATES_TABLE).select(USER_ID, ITEM_ID, RANK)
-        found = held_out.join(candidates, [USER_ID, ITEM_ID], "left").groupBy(USER_ID).agg(F.max(F.col(RANK).isNotNull().cast("int")).alias("_in"))
-        tally = found.agg(F.count(F.lit(1)).alias("users"), F.sum("_in").alias("found")).first()
-        depth = candidates.agg(F.max(RANK)).first()[0]
-        users = int(tally["users"] or 0)
-        health["candidate_recall"] = {
-            "users": users,
-            "found": int(tally["found"] or 0),
-            "recall": round(int(tally["found"] or 0) / users, 4) if users else None,
-            "depth": None if depth is None else int(depth),
-        }
+        health["candidate_recall"] = candidate_recall(lake.read(CANDIDATES_TABLE), targets)
     model_dir = latest_model_dir(ctx.cfg.models_dir)
     if model_dir is not None:
         path = Path(model_dir) / HISTORY_FILE
@@ -415,8 +406,9 @@ def _health_blocks(health: dict, report_k: int) -> list[tuple]:
     if candidates:
         recall = "n/a" if candidates["recall"] is None else f"{candidates['recall']:.4f}"
         blocks.append(("text", (
-            f"Candidate recall: the held-out item is among the (up to {candidates['depth']}) candidates of "
-            f"{candidates['found']} of {candidates['users']} test users ({recall}); no ranking can recommend the others."
+            f"Candidate recall: {candidates['found']} of {candidates['targets']} held-out items ({recall}) are among "
+            f"the (up to {candidates['depth']}) candidates of their user, for {candidates['users_found']} of "
+            f"{candidates['users']} test users; no ranking can recommend the others."
         )))
     training = health.get("training")
     if training:

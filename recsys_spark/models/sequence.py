@@ -9,14 +9,18 @@ query vector. A candidate goes through the same item tower; the logit of (user, 
 give the next item the highest logit among all items: softmax cross-entropy over the whole
 vocabulary while it is small, sampled softmax with logQ correction above that
 (``full_softmax_loss``, ``sampled_softmax_loss``). Scores are the raw logits (P(next) is their
-softmax), so the L2-normalised user state is also the query vector for cosine retrieval over
-``item_vectors()``: one model serves retrieval and ranking.
+softmax). Retrieval searches by the same score: ``retrieval_queries`` and
+``retrieval_item_vectors`` are unit vectors ``[scale*s, 1, 0]/Q`` and ``[e, b, sqrt(M^2-1-b^2)]/M``
+(``s``, ``e`` the unit state and item vector, ``b`` the item's bias, ``M^2 = 1 + max b^2``,
+``Q^2 = scale^2 + 1``), so their cosine is the logit divided by ``retrieval_scale = M*Q``, one
+constant: a cosine top-N is the ranker's top-N, and one model serves retrieval and ranking.
 
 Token ids: 0 is padding, 1 is out-of-vocabulary, items are 2..n_tokens-1 in vocabulary order.
 TensorFlow is imported only inside the functions that need it.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -354,18 +358,25 @@ def read_vocabulary(model_dir: str):
 class SequenceRanker:
     """A trained model loaded for inference (in a Python worker: load once, score many).
 
-    ``user_states`` and ``item_vectors`` are L2-normalised vectors of one space (cosine retrieval);
+    ``user_states`` and ``item_vectors`` are L2-normalised vectors of one space;
+    ``retrieval_queries`` and ``retrieval_item_vectors`` are the retrieval vectors whose cosine
+    times ``retrieval_scale`` is the logit;
     ``score`` gives P(next item) for given candidates: the softmax of the raw logits over the
     whole vocabulary (no sampling correction: the model was trained to rank by these logits).
     Histories are item-id lists oldest -> newest; unknown ids map to the out-of-vocabulary token;
     unknown candidates score 0.
     """
 
-    def __init__(self, version: str, spec: ModelSpec, item_ids: "list[str]", keras_model):
+    def __init__(self, version: str, spec: ModelSpec, item_ids: "list[str]", keras_model, counts=None):
         self.version = version
+        # Training counts of the vocabulary's items (None: unknown), for the cold items' bias.
+        self._counts = None if counts is None else np.asarray(counts, dtype=np.int64)
         self.spec = spec
-        self.item_ids = item_ids
-        self._token = {item: FIRST_ITEM + i for i, item in enumerate(item_ids)}
+        self.item_ids = list(item_ids)  # the vocabulary, then any cold items (with_cold_items)
+        self.vocabulary_size = len(item_ids)
+        self.cold_items: "list[str]" = []
+        self._input_token = {item: FIRST_ITEM + i for i, item in enumerate(item_ids)}
+        self._token = dict(self._input_token)  # candidates: the vocabulary and the cold items
         self._model = keras_model
         import tensorflow as tf
 
@@ -376,6 +387,7 @@ class SequenceRanker:
         head = keras_model.get_layer("logits")
         self._scale = float(head.scale.numpy())
         self._bias = head.item_bias.numpy()
+        self._text_projection = tower.text_projection.numpy() if spec.text_dim else None
 
     @classmethod
     def load(cls, model_dir: str, threads: int = 1) -> "SequenceRanker":
@@ -391,14 +403,62 @@ class SequenceRanker:
         keras_model = tf.keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)
         vocab = read_vocabulary(model_dir)
         item_ids = [str(item) for item in vocab.column(ITEM_ID).to_pylist()]
-        return cls(meta["version"], spec, item_ids, keras_model)
+        counts = vocab.column(VOCAB_COUNT).to_numpy() if VOCAB_COUNT in vocab.column_names else None
+        return cls(meta["version"], spec, item_ids, keras_model, counts)
 
     def known(self, item_ids: "list[str]") -> "list[str]":
         """The ids of ``item_ids`` that are in the vocabulary, in their order."""
         return [item for item in item_ids if item in self._token]
 
     def tokens(self, item_ids: "list[str]") -> "list[int]":
+        """The network's input tokens: vocabulary items, anything else (cold items too) OOV."""
+        return [self._input_token.get(item, OOV) for item in item_ids]
+
+    def candidate_tokens(self, item_ids: "list[str]") -> "list[int]":
+        """Tokens of items to score: the vocabulary's and the cold items' (OOV for the rest)."""
         return [self._token.get(item, OOV) for item in item_ids]
+
+    @property
+    def has_text_projection(self) -> bool:
+        return self._text_projection is not None
+
+    @property
+    def cold_bias(self) -> float:
+        """The bias a cold item is given: the mean bias of the vocabulary's least-trained items
+        (those with the smallest training count; the median of all when counts are unknown). An
+        item no one has interacted with yet is like the rarest items the model knows: its text
+        decides where it ranks, not a popularity it does not have."""
+        bias = self._bias[FIRST_ITEM:FIRST_ITEM + self.vocabulary_size].astype(np.float64)
+        if self._counts is None or len(self._counts) != len(bias) or not len(bias):
+            return float(np.median(bias)) if len(bias) else 0.0
+        return float(bias[self._counts == self._counts.min()].mean())
+
+    def project_text(self, text_vectors: np.ndarray) -> np.ndarray:
+        """(n, text_dim) text vectors -> (n, d) unit item vectors through the learned text
+        projection: the item tower of an item whose own embedding is zero (a cold item)."""
+        if self._text_projection is None:
+            raise ValueError(f"model {self.version} was trained without text vectors: it has no text projection")
+        text = np.asarray(text_vectors, dtype=np.float32).reshape(-1, self.spec.text_dim)
+        return _l2_normalise(text @ self._text_projection).astype(np.float32)
+
+    def with_cold_items(self, item_ids: "list[str]", vectors: np.ndarray) -> "SequenceRanker":
+        """A copy that also retrieves and ranks ``item_ids`` (items outside the vocabulary) by
+        their unit item vectors ``vectors`` (``project_text``) and ``cold_bias``. Items already
+        known are ignored; the network and its inputs are unchanged."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), -1)
+        rows: "dict[str, int]" = {}  # each new item once, at its first row
+        for row, item in enumerate(item_ids):
+            if item not in self._token:
+                rows.setdefault(item, row)
+        new, keep = list(rows), list(rows.values())
+        clone = copy.copy(self)
+        first = FIRST_ITEM + len(self.item_ids)
+        clone._token = {**self._token, **{item: first + n for n, item in enumerate(new)}}
+        clone._token_vectors = np.concatenate([self._token_vectors, vectors[keep]]) if new else self._token_vectors
+        clone._bias = np.concatenate([self._bias, np.full(len(new), self.cold_bias, self._bias.dtype)])
+        clone.item_ids = self.item_ids + new
+        clone.cold_items = self.cold_items + new
+        return clone
 
     def user_states(self, histories: "list[list[str]]") -> np.ndarray:
         """(n, d) L2-normalised query vectors, one per history."""
@@ -418,6 +478,31 @@ class SequenceRanker:
     def item_vectors(self) -> "tuple[list[str], np.ndarray]":
         """The vocabulary and its (n_items, d) L2-normalised vectors, in the user-state space."""
         return list(self.item_ids), self._token_vectors[FIRST_ITEM:].astype(np.float32)
+
+    @property
+    def retrieval_scale(self) -> float:
+        """``M*Q``: a retrieval cosine times this is the model's logit (see the module doc)."""
+        bias = self._bias[FIRST_ITEM:].astype(np.float64)
+        m = np.sqrt(1.0 + (float(np.max(bias ** 2)) if len(bias) else 0.0))
+        return float(m * np.sqrt(self._scale ** 2 + 1.0))
+
+    def retrieval_queries(self, histories: "list[list[str]]") -> np.ndarray:
+        """(n, d+2) unit query vectors ``[scale*s, 1, 0]/Q`` of the histories' user states."""
+        states = self.user_states(histories).astype(np.float64)
+        augmented = np.concatenate(
+            [self._scale * states, np.ones((len(states), 1)), np.zeros((len(states), 1))], axis=1
+        )
+        return (augmented / np.sqrt(self._scale ** 2 + 1.0)).astype(np.float32)
+
+    def retrieval_item_vectors(self) -> "tuple[list[str], np.ndarray]":
+        """The vocabulary and its (n_items, d+2) unit vectors ``[e, b, sqrt(M^2-1-b^2)]/M``: their
+        inner product with ``retrieval_queries`` is the logit / ``retrieval_scale``."""
+        vectors = self._token_vectors[FIRST_ITEM:].astype(np.float64)
+        bias = self._bias[FIRST_ITEM:].astype(np.float64)[:, None]
+        m_squared = 1.0 + (float(np.max(bias ** 2)) if len(bias) else 0.0)
+        slack = np.sqrt(np.maximum(m_squared - 1.0 - bias ** 2, 0.0))
+        augmented = np.concatenate([vectors, bias, slack], axis=1) / np.sqrt(m_squared)
+        return list(self.item_ids), augmented.astype(np.float32)
 
     def logits(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Raw model logits for candidate tokens (any shape, leading dim = users) given user states."""
@@ -446,7 +531,7 @@ class SequenceRanker:
             peak = logits.max(axis=1, keepdims=True)
             log_normaliser = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
             for row, items in enumerate(candidates[start:start + 256]):
-                tokens = np.asarray(self.tokens(items), dtype=np.int64)
+                tokens = np.asarray(self.candidate_tokens(items), dtype=np.int64)
                 known = tokens >= FIRST_ITEM
                 probs = np.zeros(len(tokens), dtype=np.float32)
                 probs[known] = np.exp(logits[row, tokens[known] - FIRST_ITEM] - log_normaliser[row]).astype(np.float32)

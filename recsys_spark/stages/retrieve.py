@@ -4,7 +4,13 @@ Reads gold/user_vectors (interest vectors) or, with ``retrieve.query`` lstm/auto
 model (the registry's ``champion``, or ``models/latest`` without a registry:
 ``recsys_spark.tracking.experiment.serving_model_dir``), the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
 gold/user_sequences (``history_items``: the LSTM's input; ``seen_items``: every item the user has
-interacted with, never retrieved again for that user).
+interacted with, never retrieved again for that user; ``test_items``: the held-out items whose
+share among the candidates, ``candidate_recall@<candidates>``, is the pipeline's ceiling).
+With LSTM queries the search ranks by the model's own logit (query and item vectors carry the
+item bias, ``SequenceRanker.retrieval_queries``), so the candidate cut keeps what the ranker
+would rank highest, exactly when the search is exact; ``retrieval_score`` is that logit. Catalog
+items the model has not trained on are searched too, through its text projection
+(:mod:`recsys_spark.models.cold_start`; counted as ``cold_start_items``).
 Writes gold/candidates (``retrieve.candidates`` rows per user, CANDIDATES schema) and
 gold/similar_items (``retrieve.similar_items_k`` text-vector neighbours per item), one Delta
 commit each. The search is exact up to ``retrieve.exact_max_items`` items and IVF above (or as
@@ -47,12 +53,15 @@ from recsys_spark.core.schemas import (
     SEEN_ITEMS,
     SIMILAR_ITEMS_TABLE,
     SOURCE_KIND,
+    TEST_ITEMS,
     USER_ID,
     USER_SEQUENCES_TABLE,
     USER_VECTORS_TABLE,
     VECTOR,
 )
-from recsys_spark.models.sequence import cached_ranker
+from recsys_spark.evaluation.metrics import candidate_recall
+from recsys_spark.models.cold_start import find_cold_items
+from recsys_spark.models.sequence import SequenceRanker, cached_ranker
 from recsys_spark.tracking.experiment import serving_model_dir
 from recsys_spark.search.index import ExactIndex, IVFIndex, read_manifest
 from recsys_spark.search.spark import recall_vs_exact
@@ -62,21 +71,23 @@ log = logging.getLogger(__name__)
 
 
 def lstm_user_states(sequences: DataFrame, model_dir: str) -> DataFrame:
-    """``(query_id, vector)``: the model's L2-normalised user state of each ``history_items``."""
+    """``(query_id, vector)``: the model's retrieval query of each ``history_items`` (its cosine
+    with ``lstm_item_vectors`` times the model's ``retrieval_scale`` is the ranking logit)."""
 
     def states(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         ranker = cached_ranker(model_dir)
         for batch in batches:
             histories = [list(h) if h is not None else [] for h in batch[HISTORY_ITEMS]]
-            vectors = ranker.user_states(histories)
+            vectors = ranker.retrieval_queries(histories)
             yield pd.DataFrame({QUERY_ID: batch[USER_ID].to_numpy(), VECTOR: list(vectors.astype(np.float32))})
 
     return sequences.select(USER_ID, HISTORY_ITEMS).mapInPandas(states, f"{QUERY_ID} string, {VECTOR} array<float>")
 
 
-def lstm_item_vectors(spark, model_dir: str) -> DataFrame:
-    """``(item_id, vector)``: the model's item vectors (the vocabulary is already in memory)."""
-    ids, vectors = cached_ranker(model_dir).item_vectors()
+def lstm_item_vectors(spark, ranker: SequenceRanker) -> DataFrame:
+    """``(item_id, vector)``: the ranker's retrieval item vectors, bias included, cold items too
+    (all of it is already in memory)."""
+    ids, vectors = ranker.retrieval_item_vectors()
     frame = pd.DataFrame({ITEM_ID: ids, VECTOR: list(vectors.astype(np.float32))})
     return spark.createDataFrame(frame, f"{ITEM_ID} string, {VECTOR} array<float>")
 
@@ -84,6 +95,9 @@ def lstm_item_vectors(spark, model_dir: str) -> DataFrame:
 Index = Union[ExactIndex, IVFIndex]
 TEXT_INDEX = "item_embeddings"  # <warehouse>/indexes/<name>: the text item vectors
 LSTM_INDEX = "lstm_items"  # the trained model's item vectors
+# What the LSTM index holds: vectors whose cosine with the queries is the logit over one constant
+# (SequenceRanker.retrieval_item_vectors); an index saved from other vectors is trained again.
+LSTM_VECTORS = "logit_augmented"
 
 
 def index_path(ctx: StageContext, name: str) -> str:
@@ -165,13 +179,14 @@ def item_index(
     return method, index, _ivf_info("trained", index, rc.nprobe)
 
 
-def candidates_frame(results: DataFrame, method: str, run_id: str) -> DataFrame:
-    """Search results ``(query_id, item_id, rank, score)`` as CANDIDATES rows (typed by the write)."""
+def candidates_frame(results: DataFrame, method: str, run_id: str, score_scale: float = 1.0) -> DataFrame:
+    """Search results ``(query_id, item_id, rank, score)`` as CANDIDATES rows (typed by the write);
+    the retrieval score is the search's cosine times ``score_scale`` (the LSTM's logit)."""
     return results.select(
         F.col(QUERY_ID).alias(USER_ID),
         F.col(ITEM_ID),
         F.col(RANK),
-        F.col(SCORE).alias(RETRIEVAL_SCORE),
+        (F.col(SCORE) * F.lit(score_scale)).alias(RETRIEVAL_SCORE),
         F.lit(method).alias(SOURCE_KIND),
         F.lit(run_id).alias(RUN_ID),
     )
@@ -222,7 +237,7 @@ def run(ctx: StageContext) -> dict:
     rc = ctx.cfg.retrieve
     lake = ctx.lake
     progress.describe(ctx.spark, "item vectors, the index and the users' queries")
-    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS)
+    sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS, TEST_ITEMS)
     text_version = lake.version(ITEM_EMBEDDINGS_TABLE)
 
     def text_vectors() -> DataFrame:
@@ -238,14 +253,17 @@ def run(ctx: StageContext) -> dict:
     if rc.query == "lstm" and model_dir is None:
         raise ValueError(f"retrieve.query=lstm but no trained model in {ctx.cfg.models_dir}: run train first")
     if model_dir is not None:
-        version = cached_ranker(model_dir).version
+        cold, cold_counts = find_cold_items(lake, model_dir, ctx.cfg.train.cold_start_max_items, text_version)
+        ranker = cold.ranker()
+        version, score_scale, retrieval_score = ranker.version, ranker.retrieval_scale, "lstm_logit"
         query_source = f"lstm:{version}"
         raw_queries = lstm_user_states(sequences, model_dir)
         method, index, index_info = item_index(
-            ctx, LSTM_INDEX, {"model_version": version}, lambda: lstm_item_vectors(ctx.spark, model_dir),
-            f"the item vectors of model {version}", "retrain the model",
+            ctx, LSTM_INDEX, {"model_version": version, "vectors": LSTM_VECTORS, "cold_items": cold.key},
+            lambda: lstm_item_vectors(ctx.spark, ranker), f"the item vectors of model {version}", "retrain the model",
         )
     else:
+        score_scale, retrieval_score, cold_counts = 1.0, "cosine", {}
         query_source = "interests"
         raw_queries = lake.read(USER_VECTORS_TABLE).select(F.col(USER_ID).alias(QUERY_ID), VECTOR)
         method, index, index_info = text_method, text_index, text_info
@@ -255,11 +273,14 @@ def run(ctx: StageContext) -> dict:
     progress.describe(ctx.spark, f"{method} search: {queries.counts.usable} users x {index.size} items -> gold/candidates")
     started = time.perf_counter()
     candidates_written = lake.replace(
-        candidates_frame(index.search(queries, rc.candidates, exclude=exclude), method, ctx.run_id), CANDIDATES_TABLE
+        candidates_frame(index.search(queries, rc.candidates, exclude=exclude), method, ctx.run_id, score_scale),
+        CANDIDATES_TABLE,
     )
     seconds = time.perf_counter() - started
     candidates = lake.read(CANDIDATES_TABLE, version=candidates_written.version)
     n_candidates = candidates.count()
+    progress.describe(ctx.spark, "candidate recall of the held-out items")
+    ceiling = candidate_recall(candidates, sequences)
     progress.describe(ctx.spark, "recall against exact search")
     recall = 1.0 if method == "exact" else measure_recall(ctx, queries, index, exclude, candidates)
 
@@ -285,6 +306,10 @@ def run(ctx: StageContext) -> dict:
         "k": rc.k,
         "candidates": n_candidates,
         "candidates_per_user": rc.candidates,
+        "retrieval_score": retrieval_score,
+        **cold_counts,
+        f"candidate_recall@{rc.candidates}": ceiling["recall"],
+        "candidate_recall": ceiling,
         "search_seconds": round(seconds, 2),
         "queries_per_s": round(query_counts.usable / seconds, 1) if seconds > 0 else None,
         "recall_at_k_vs_exact": None if recall is None else round(recall, 4),

@@ -10,7 +10,9 @@ the previous version stays readable (``versionAsOf``) for rollback.
 - With a trained model (the registry's ``champion``, or ``models/latest`` without a registry:
   ``recsys_spark.tracking.experiment.serving_model_dir``) the candidates are scored by
   ``SequenceRanker.score`` inside ``mapInPandas``; the model is loaded once per Python worker.
-  The registered pyfunc ranks the same way (``rank_candidates``). Without one, candidates keep
+  The registered pyfunc ranks the same way (``rank_candidates``). Catalog items outside the
+  model's vocabulary are ranked through its text projection (``models.cold_start``; counted as
+  ``cold_start_items``), so new items are served before the next retrain. Without one, candidates keep
   their retrieval order and ``model_version`` is ``"none"``.
 - ``reason``: "because you watched <title>", the history item whose text vector is most similar
   to the recommended item. Users with fewer than ``score.min_history`` events or without
@@ -29,7 +31,6 @@ the previous version stays readable (``versionAsOf``) for rollback.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import datetime, timezone
 from typing import Callable, Iterator, Optional
@@ -45,7 +46,8 @@ from recsys_spark.core.context import StageContext
 from recsys_spark.core.display import inert_column
 from recsys_spark.models import popularity
 from recsys_spark.core.lakehouse import table_versions
-from recsys_spark.models.sequence import cached_ranker, rank_candidates
+from recsys_spark.models.cold_start import find_cold_items
+from recsys_spark.models.sequence import rank_candidates
 from recsys_spark.tracking.experiment import serving_model_dir
 from recsys_spark.core.schemas import (
     CANDIDATES_TABLE,
@@ -303,9 +305,10 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
     warm_candidates = candidates.join(warm, USER_ID)
 
     model_dir = serving_model_dir(ctx.cfg, "score")
-    unknown = 0
+    unknown, cold_counts = 0, {}
     if model_dir is not None:
-        ranker = cached_ranker(model_dir)
+        cold, cold_counts = find_cold_items(lake, model_dir, ctx.cfg.train.cold_start_max_items)
+        ranker = cold.ranker()
         model_version = ranker.version
         vocabulary = ctx.spark.createDataFrame([(i,) for i in ranker.item_ids], f"{ITEM_ID} string")
         known = warm_candidates.join(vocabulary, ITEM_ID, "left_semi")
@@ -318,7 +321,7 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
                 f"score: model {model_version} ({model_dir}) knows none of the {total} candidate items: "
                 "it does not match the item vocabulary; retrain (train) or rerun retrieve"
             )
-        scored = score_candidates(candidate_lists(known, sequences), functools.partial(cached_ranker, model_dir), sc.k)
+        scored = score_candidates(candidate_lists(known, sequences), cold.ranker, sc.k)
     else:
         model_version = NO_MODEL
         scored = by_retrieval(warm_candidates, sc.k)
@@ -371,5 +374,6 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
         "popular_rows": counts["popular_rows"] or 0,
         "k": sc.k,
         "candidates_unknown_to_model": unknown,
+        **cold_counts,
         "tables": table_versions(written),
     }

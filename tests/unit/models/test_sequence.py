@@ -1,19 +1,13 @@
 """The Keras model and SequenceRanker: shapes, the retrieval/ranking contract, the latest pointer."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import pytest
 
 from recsys_spark.models.sequence import (
-    CONFIG_FILE,
     FIRST_ITEM,
     LATEST_FILE,
-    MODEL_FILE,
     OOV,
-    VOCABULARY_DIR,
     ModelSpec,
     SequenceRanker,
     build_model,
@@ -22,32 +16,9 @@ from recsys_spark.models.sequence import (
     pad_histories,
     sampled_softmax_loss,
 )
+from tests.support.models import write_model_dir
 
 ITEMS = [f"item-{i}" for i in range(12)]
-COUNTS = np.arange(len(ITEMS), 0, -1)
-
-
-def write_model_dir(root, spec: ModelSpec, version: str = "v1", text_vectors=None) -> str:
-    """A model folder as the train stage lays it out, from an untrained model."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    model_dir = os.path.join(root, version)
-    os.makedirs(os.path.join(model_dir, VOCABULARY_DIR))
-    build_model(spec, text_vectors).save(os.path.join(model_dir, MODEL_FILE))
-    q = COUNTS / COUNTS.sum()
-    vocabulary = pa.table(
-        {
-            "item_id": ITEMS,
-            "count": COUNTS.astype(np.int64),
-            "index": np.arange(FIRST_ITEM, FIRST_ITEM + len(ITEMS), dtype=np.int64),
-            "log_q": np.log(q),
-        }
-    )
-    pq.write_table(vocabulary, os.path.join(model_dir, VOCABULARY_DIR, "part-0.parquet"))
-    with open(os.path.join(model_dir, CONFIG_FILE), "w", encoding="utf-8") as handle:
-        json.dump({"version": version, "model": spec.to_json()}, handle)
-    return model_dir
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +28,7 @@ def spec() -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def ranker(tmp_path_factory, spec) -> SequenceRanker:
-    return SequenceRanker.load(write_model_dir(tmp_path_factory.mktemp("models"), spec))
+    return SequenceRanker.load(write_model_dir(tmp_path_factory.mktemp("models"), spec, ITEMS))
 
 
 def test_pad_histories_keeps_the_most_recent_items_right_padded():
@@ -176,6 +147,23 @@ def test_ranker_vectors_are_unit_length_and_share_one_space(ranker, spec):
     assert ranker.user_states([]).shape == (0, spec.embedding_dim)
 
 
+def test_retrieval_inner_product_is_the_ranking_logit(tmp_path, spec):
+    ranker = SequenceRanker.load(write_model_dir(tmp_path, spec, ITEMS, seed=3))
+    assert np.ptp(ranker._bias[FIRST_ITEM:]) > 1.0  # biases that change the order
+    histories = [["item-1", "item-2"], ["item-3"], ["item-4", "item-0", "item-7", "item-9"], []]
+    ids, items = ranker.retrieval_item_vectors()
+    queries = ranker.retrieval_queries(histories)
+    assert ids == ITEMS and items.shape == (len(ITEMS), spec.embedding_dim + 2)
+    np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(queries[:3], axis=1), 1.0, rtol=1e-5)
+    logits = ranker.all_item_scores(ranker.user_states(histories))
+    np.testing.assert_allclose((queries @ items.T) * ranker.retrieval_scale, logits, rtol=1e-4, atol=1e-4)
+    # The cosine order is the logit order, which the plain state/item cosine is not.
+    np.testing.assert_array_equal(np.argsort(-(queries @ items.T), axis=1)[:, :5], np.argsort(-logits, axis=1)[:, :5])
+    _, plain = ranker.item_vectors()
+    assert not np.array_equal(np.argsort(-(ranker.user_states(histories) @ plain.T), axis=1), np.argsort(-logits, axis=1))
+
+
 def test_score_is_the_softmax_of_the_raw_keras_logits(ranker, spec):
     history = ["item-4", "item-0", "item-7"]
     candidates = ["item-1", "item-5", "item-9"]
@@ -202,7 +190,7 @@ def test_unknown_ids_map_to_oov_and_unknown_candidates_score_zero(ranker):
 
 def test_latest_model_dir_follows_the_pointer(tmp_path, spec):
     assert latest_model_dir(str(tmp_path)) is None
-    model_dir = write_model_dir(tmp_path, spec, version="v7")
+    model_dir = write_model_dir(tmp_path, spec, ITEMS, version="v7")
     (tmp_path / LATEST_FILE).write_text("v7\n")
     assert latest_model_dir(str(tmp_path)) == model_dir
     (tmp_path / LATEST_FILE).write_text("v8\n")  # points at a folder that holds no model

@@ -8,6 +8,7 @@ import pytest
 
 import os
 
+from recsys_spark.models.sequence import FIRST_ITEM, LATEST_FILE, ModelSpec, SequenceRanker
 from recsys_spark.stages import retrieve
 from recsys_spark.search.index import IVFIndex, read_manifest
 from recsys_spark.search.kernels import normalize_rows
@@ -25,12 +26,14 @@ from recsys_spark.core.schemas import (
     USER_VECTORS,
     USER_VECTORS_TABLE,
 )
+from tests.support.models import write_model_dir
 
 NOW = datetime(2026, 1, 1)
 
 
-def write_inputs(ctx, n_items=60, n_users=24, dim=8, bad_item=False, bad_user=False, seed=0):
-    """Clustered item vectors, users whose vector is the mean of a few history items."""
+def write_inputs(ctx, n_items=60, n_users=24, dim=8, bad_item=False, bad_user=False, seed=0, held_out=False):
+    """Clustered item vectors, users whose vector is the mean of a few history items (with
+    ``held_out``, one unseen test item each)."""
     rng = np.random.default_rng(seed)
     centers = normalize_rows(rng.normal(size=(6, dim)))
     items = normalize_rows(centers[rng.integers(0, 6, n_items)] + 0.3 * rng.normal(size=(n_items, dim)))
@@ -43,9 +46,10 @@ def write_inputs(ctx, n_items=60, n_users=24, dim=8, bad_item=False, bad_user=Fa
     emb_rows.append(("gone", "h", "test", "v1", dim, [float(x) for x in items[0]], NOW, False))
     seq_rows, vec_rows = [], []
     for u in range(n_users):
-        history = [item_ids[j] for j in rng.choice(n_items, 4, replace=False)]
+        picked = [item_ids[j] for j in rng.choice(n_items, 5, replace=False)]
+        history, test = picked[:4], (picked[4:] if held_out else [])
         seq_rows.append((f"u{u:02d}", history, [1, 2, 3, 4], [1.0] * 4, history, [1, 2, 3, 4], [1.0] * 4,
-                         history[:-1], [1, 2, 3], [1.0] * 3, history[-1:], [], False, 4,
+                         history[:-1], [1, 2, 3], [1.0] * 3, history[-1:], test, False, 4,
                          sorted(history), sorted(history[:-1])))
         vector = normalize_rows(items[[item_ids.index(h) for h in history]].mean(axis=0, keepdims=True))[0]
         vec_rows.append((f"u{u:02d}", [float(x) for x in vector], 4, "interests", NOW))
@@ -80,6 +84,52 @@ def test_exact_candidates_exclude_history_and_similar_items_exclude_self(make_ct
     similar = ctx.lake.read(SIMILAR_ITEMS_TABLE).collect()
     assert len(similar) == 60 * 3
     assert all(r[ITEM_ID] != r[NEIGHBOUR_ID] for r in similar)
+
+
+def test_lstm_candidates_are_the_rankers_top_logits_and_count_the_held_out_items_they_reach(make_ctx):
+    """With LSTM queries the search ranks by the model's logit (item bias included): exact search
+    returns each user's top unseen items by the ranker's own score, and IVF probing every list the
+    same; the summary reports the share of held-out items among the candidates."""
+    ctx = make_ctx("retrieve.query=lstm", "retrieve.method=exact", "retrieve.k=3", "retrieve.candidates=6",
+                   "retrieve.similar_items_k=2")
+    histories = write_inputs(ctx, held_out=True, seed=2)
+    items = [f"m{j:03d}" for j in range(60)]
+    spec = ModelSpec(n_tokens=len(items) + FIRST_ITEM, max_len=5, embedding_dim=8, lstm_units=6)
+    os.makedirs(ctx.cfg.models_dir, exist_ok=True)
+    model_dir = write_model_dir(ctx.cfg.models_dir, spec, items, version="v1", seed=5)
+    with open(os.path.join(ctx.cfg.models_dir, LATEST_FILE), "w", encoding="utf-8") as handle:
+        handle.write("v1\n")
+    summary = retrieve.run(ctx)
+    assert summary["query_source"] == "lstm:v1" and summary["retrieval_score"] == "lstm_logit"
+
+    ranker = SequenceRanker.load(model_dir)
+    sequences = {r[USER_ID]: r for r in ctx.lake.read(USER_SEQUENCES_TABLE).collect()}
+    users = sorted(sequences)
+    logits = ranker.all_item_scores(ranker.user_states([list(sequences[u]["history_items"]) for u in users]))
+    found = _per_user(ctx)
+    reached = 0
+    for row, user in enumerate(users):
+        order = [j for j in np.argsort(-logits[row], kind="stable") if items[j] not in histories[user]][:6]
+        assert [item for item, _ in found[user]] == [items[j] for j in order], user
+        assert [score for _, score in found[user]] == pytest.approx([logits[row, j] for j in order], abs=2e-3)
+        reached += sequences[user]["test_items"][0] in {item for item, _ in found[user]}
+    recall = summary["candidate_recall"]
+    assert (recall["targets"], recall["users"], recall["found"]) == (24, 24, reached)
+    assert summary["candidate_recall@6"] == pytest.approx(reached / 24, abs=1e-4) and recall["depth"] == 6
+    assert 0 < reached < 24  # the figure is not trivially 0 or 1 here
+
+    ivf = make_ctx("retrieve.query=lstm", "retrieve.method=ivf", "retrieve.nlist=4", "retrieve.nprobe=4",
+                   "retrieve.k=3", "retrieve.candidates=6", "retrieve.similar_items_k=2", warehouse=ctx.cfg.warehouse)
+    assert retrieve.run(ivf)["method"] == "ivf"
+    assert [[i for i, _ in _per_user(ivf)[u]] for u in users] == [[i for i, _ in found[u]] for u in users]
+
+
+def _per_user(ctx) -> dict:
+    """user -> [(item, retrieval score)] in rank order, from gold/candidates."""
+    out: dict = {}
+    for r in sorted(ctx.lake.read(CANDIDATES_TABLE).collect(), key=lambda r: (r[USER_ID], r[RANK])):
+        out.setdefault(r[USER_ID], []).append((r[ITEM_ID], r["retrieval_score"]))
+    return out
 
 
 def test_ivf_reports_recall_against_exact(make_ctx):

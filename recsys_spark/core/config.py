@@ -55,6 +55,7 @@ SPLITS = ("leave_one_out", "time_cut", "none")
 ENCODE_DEVICES = ("auto", "cpu", "cuda")
 TRAIN_BACKENDS = ("local", "horovod", "horovodrun", "tf_distribute")
 NEGATIVE_SAMPLING = ("popularity", "uniform")
+FINAL_FITS = ("train_val", "train")
 SEARCH_METHODS = ("auto", "ivf", "exact")
 RETRIEVE_QUERIES = ("auto", "interests", "lstm")
 SCORE_MODES = ("full", "incremental")
@@ -250,6 +251,10 @@ class TrainConfig:
     # Catalog items outside the served model's vocabulary that retrieve and score place in its
     # item space through the text projection (newest encoded first; 0: none until a retrain).
     cold_start_max_items: int = 100000
+    # The served model's training events: "train_val" trains again, for the epoch early stopping
+    # chose, on train + validation items (what the baselines' final fit uses); "train" serves the
+    # model trained on train_items.
+    final_fit: str = "train_val"
     early_stopping_patience: int = 2  # epochs without a better validation NDCG@10
     max_minutes: float = 0.0  # wall-clock budget of the training loop (0: none)
     min_item_count: int = 1
@@ -276,6 +281,7 @@ class TrainConfig:
         _check(self.max_minutes >= 0, f"{key}.max_minutes", "must be >= 0 (0: no budget)")
         _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
         _check_choice(self.negative_sampling, NEGATIVE_SAMPLING, f"{key}.negative_sampling")
+        _check_choice(self.final_fit, FINAL_FITS, f"{key}.final_fit")
 
 
 @dataclass(frozen=True)

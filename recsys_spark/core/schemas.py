@@ -62,6 +62,7 @@ TRAIN_SEEN_ITEMS = "train_seen_items"
 VECTOR = "vector"
 MODEL = "model"
 MODEL_VERSION = "model_version"
+NO_MODEL = "none"  # gold/recommendations.model_version when no model ranked (retrieval order)
 DIM = "dim"
 ENCODED_AT = "encoded_at"
 ACTIVE = "active"

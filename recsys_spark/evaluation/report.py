@@ -272,6 +272,24 @@ def example_users(lake: Lakehouse, targets: DataFrame, cfg: ReportConfig, k: int
     return list(users.values())
 
 
+_FIT_EVENTS = {"train_val": "train + validation items", "train": "train items only (not the validation item)"}
+
+
+def _fit_text(events: Optional[dict]) -> str:
+    """What each model learned from (evaluate's ``fit_events``), in words."""
+    if not events:
+        return ""
+    text = f"The baselines' final fit learns from {_FIT_EVENTS.get(events.get('baselines'), events.get('baselines'))}"
+    if "lstm" in events:
+        lstm = events["lstm"]
+        text += f"; the served LSTM from {_FIT_EVENTS.get(lstm, lstm)}"
+        if lstm == "train_val":
+            text += " (trained again for the epoch early stopping chose)"
+        elif lstm == "train":
+            text += ": it saw fewer events than the baselines (train.final_fit=train)"
+    return text + "."
+
+
 def pipeline_health(ctx: StageContext, targets: DataFrame) -> dict:
     """Rows in / good / quarantined (this run's ingest, else the warehouse's tables), retrieval
     recall against exact search (this run's retrieve), the candidate recall (share of held-out
@@ -470,7 +488,7 @@ def _sections(ctx: StageContext, summary: dict, rows: list[dict], report_k: int,
         "text",
         f"Chronological leave-one-out, full ranking over every item the user has not interacted with; "
         f"{summary['test_users']} test users, {summary['untied_users']} of them with an untied test event; "
-        f"catalog of {summary['catalog_size']} items. {summary['tie_break']}.",
+        f"catalog of {summary['catalog_size']} items. {summary['tie_break']}. {_fit_text(summary.get('fit_events'))}",
     )]))
     sections.append((f"Metrics (full, K={report_k})", [("table", metrics_table(rows, models, "full", report_k))]
                      + [("image", name, captions[name], png) for name, png in images.items()]))

@@ -14,7 +14,9 @@ one commit and a Markdown + HTML report (``recsys_spark.evaluation.report``).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from functools import reduce
 from typing import Callable, Optional
@@ -23,6 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import baselines, metrics
+from recsys_spark.models.sequence import CONFIG_FILE
 from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import table_versions
@@ -49,6 +52,8 @@ from recsys_spark.core.schemas import (
     POPULARITY_MODEL,
     PROTOCOL,
     RANK,
+    MODEL_VERSION,
+    NO_MODEL,
     RECOMMENDATIONS_TABLE,
     SILVER_ITEMS_TABLE,
     TEST_ITEMS,
@@ -127,6 +132,27 @@ def pipeline_predictions(lake, version: Optional[int] = None) -> DataFrame:
     recommendations = lake.read(RECOMMENDATIONS_TABLE, version)
     require_columns(recommendations, (USER_ID, ITEM_ID, RANK), str(RECOMMENDATIONS_TABLE))
     return recommendations.select(USER_ID, ITEM_ID, F.col(RANK).cast("int").alias(RANK))
+
+
+def fit_events(ctx: StageContext, version: Optional[int]) -> dict:
+    """What each model learned from, for the report: the baselines' final fit uses every event
+    before the test item (train + validation); the LSTM's served model says in its config.json
+    (``final_fit``: a refit on train + validation, or train_items only)."""
+    out = {"baselines": "train_val"}
+    if version is None:
+        return out
+    row = ctx.lake.read(RECOMMENDATIONS_TABLE, version).select(MODEL_VERSION).where(F.col(MODEL_VERSION).isNotNull()).first()
+    served = None if row is None else row[MODEL_VERSION]
+    path = os.path.join(ctx.cfg.models_dir, str(served), CONFIG_FILE)
+    events = None
+    if served not in (None, NO_MODEL) and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                events = (json.load(handle).get("final_fit") or {}).get("events", "train")
+        except (OSError, ValueError) as exc:
+            log.warning("evaluate: cannot read %s: %s", path, exc)
+    out[PIPELINE_MODEL] = events if events else ("none (no model: retrieval order)" if served == NO_MODEL else "unknown")
+    return out
 
 
 def _content_predictions(ctx: StageContext, queries: DataFrame, depth: int) -> DataFrame:
@@ -447,6 +473,7 @@ def run(ctx: StageContext) -> dict:
         "model_seconds": seconds,
         "metrics_rows": len(table_rows),
         "recommendations_version": recommendations_version,
+        "fit_events": fit_events(ctx, recommendations_version),
         "tables": table_versions(written),
         "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
         f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",

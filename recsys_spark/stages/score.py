@@ -57,6 +57,7 @@ from recsys_spark.core.schemas import (
     ITEM_EMBEDDINGS_TABLE,
     ITEM_ID,
     MODEL_VERSION,
+    NO_MODEL,
     N_INTERACTIONS,
     RANK,
     REASON,
@@ -75,7 +76,6 @@ from recsys_spark.core.schemas import (
 
 log = logging.getLogger(__name__)
 
-NO_MODEL = "none"
 POPULAR_REASON = "popular: "  # how a popular row's reason starts (incremental mode finds them by it)
 WATERMARK_KEY = "score_watermark"
 CANDIDATE_ITEMS = "_candidate_items"

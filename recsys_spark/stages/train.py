@@ -114,14 +114,22 @@ def with_text_vectors(vocabulary: DataFrame, item_embeddings: DataFrame) -> Data
     return vocabulary.join(vectors, ITEM_ID, "left")
 
 
-def token_sequences(sequences: DataFrame, vocabulary: DataFrame) -> DataFrame:
-    """``user_id``, ``tokens``: each user's ``train_items`` as token ids, in order (OOV = 1)."""
-    events = sequences.select(USER_ID, F.posexplode(TRAIN_ITEMS).alias(POSITION, ITEM_ID))
+def token_sequences(sequences: DataFrame, vocabulary: DataFrame, items=None) -> DataFrame:
+    """``user_id``, ``tokens``: each user's ``train_items`` (or the ``items`` column expression)
+    as token ids, in order (OOV = 1)."""
+    events = sequences.select(USER_ID, F.posexplode(F.col(TRAIN_ITEMS) if items is None else items).alias(POSITION, ITEM_ID))
     tokens = events.join(vocabulary.select(ITEM_ID, VOCAB_INDEX), ITEM_ID, "left").select(
         USER_ID, POSITION, F.coalesce(F.col(VOCAB_INDEX), F.lit(OOV)).cast("int").alias("token")
     )
     return tokens.groupBy(USER_ID).agg(
         F.expr(f"transform(array_sort(collect_list(struct({POSITION}, token))), p -> p.token)").alias(TOKENS)
+    )
+
+
+def _targets(spark, windows_dir: str) -> int:
+    """The targets (unmasked positions) in a folder of training windows."""
+    return int(
+        spark.read.parquet(windows_dir).select(F.sum(F.aggregate(EXAMPLE_MASK, F.lit(0), lambda n, m: n + m.cast("int")))).first()[0]
     )
 
 
@@ -316,9 +324,7 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
             f"train: {sum(train_rows)} training windows are too few for {workers} workers "
             f"(windows per shard: {train_rows}); lower train.num_workers"
         )
-    train_targets = int(
-        ctx.spark.read.parquet(train_dir).select(F.sum(F.aggregate(EXAMPLE_MASK, F.lit(0), lambda n, m: n + m.cast("int")))).first()[0]
-    )
+    train_targets = _targets(ctx.spark, train_dir)
 
     validation = validation_examples(sequences, tokens, vocabulary, cfg.max_len)
     val_dir: Optional[str] = os.path.join(staging, "examples", "val")
@@ -335,6 +341,19 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         val_dir, val_rows = None, []
     oov_items = count_oov_items(sequences, vocabulary)
     tokens.unpersist()
+    # The final fit learns from what the baselines' final fit learns from: train + validation.
+    refit_dir, refit_rows, refit_targets = None, [], 0
+    if cfg.final_fit == "train_val" and val_dir is not None:
+        refit_dir = os.path.join(staging, "examples", "refit")
+        with_val = F.concat(F.coalesce(F.col(TRAIN_ITEMS), F.array()), F.coalesce(F.col(VAL_ITEMS), F.array()))
+        refit_rows = write_shards(
+            training_windows(token_sequences(sequences, vocabulary, with_val), cfg.max_len), refit_dir, workers,
+            cfg.seed, [EXAMPLE_INPUTS, EXAMPLE_TARGETS, EXAMPLE_MASK],
+        )
+        refit_targets = _targets(ctx.spark, refit_dir)
+        if min(refit_rows) == 0:
+            log.warning("train: a shard of the refit has no window (%s): serving the model trained on train_items", refit_rows)
+            refit_dir = None
 
     spec = ModelSpec(
         n_tokens=n_items + FIRST_ITEM,
@@ -369,6 +388,8 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         tf_threads=cfg.tf_threads,
         start_timeout_s=cfg.start_timeout_s,
         horovodrun_hosts=cfg.horovodrun_hosts,
+        refit_dir=refit_dir,
+        refit_steps_per_epoch=max(1, min(refit_rows) // cfg.batch_size) if refit_dir else 0,
     )
     loss_name = "full softmax" if n_items <= cfg.full_softmax_max_items else f"sampled softmax ({cfg.sampled_negatives} negatives)"
     ctx.progress(
@@ -409,6 +430,7 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "world_size": chief["world_size"],
         "model": spec.to_json(),
         "loss": loss_name,
+        "final_fit": {"events": "train_val" if chief["refit"] else "train", "note": chief["refit_note"]},
         "train": ctx.cfg.to_dict()["train"],
         "inputs": {
             "user_sequences_version": ctx.lake.version(USER_SEQUENCES_TABLE),
@@ -425,7 +447,8 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
     with open(os.path.join(model_dir, CONFIG_FILE), "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=2)
     with open(os.path.join(model_dir, HISTORY_FILE), "w", encoding="utf-8") as handle:
-        json.dump({**history, "epoch_seconds": chief["epoch_seconds"]}, handle, indent=2)
+        json.dump({**history, "epoch_seconds": chief["epoch_seconds"],
+                   **{f"refit_{name}": values for name, values in chief["refit_history"].items()}}, handle, indent=2)
     with open(os.path.join(model_dir, METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2)
     _plot_curves(history, os.path.join(model_dir, CURVES_FILE))
@@ -436,6 +459,11 @@ def _train(ctx: StageContext, sequences: DataFrame, version: str, staging: str, 
         "epochs": chief["epochs_run"],
         "best_epoch": chief["best_epoch"],
         "stopped_by": chief["stopped_by"],
+        # What the served model learned from: train_items, or train + validation (a refit for
+        # the chosen number of epochs, as the baselines' final fit sees the validation item).
+        "final_fit": "train_val" if chief["refit"] else "train",
+        "final_fit_note": chief["refit_note"],
+        "refit_targets": refit_targets if chief["refit"] else 0,
         "windows": sum(train_rows),
         "targets": train_targets,
         "targets_trained": int(trained),

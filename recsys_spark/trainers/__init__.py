@@ -45,7 +45,9 @@ class TrainJob:
     right-padded) and validation rows (``inputs``, ``target``, ``seen``); ``vocabulary_dir``
     holds the item vocabulary; the chief writes the model into ``export_dir``.
     ``epochs`` is a maximum: early stopping on validation NDCG@10 (``patience``) and the
-    ``max_minutes`` budget (0: none) end training sooner.
+    ``max_minutes`` budget (0: none) end training sooner. ``refit_dir`` (same layout as
+    ``train_dir``) holds the train + validation windows the model is trained on again, for the
+    chosen number of epochs, before it is exported.
     """
 
     version: str
@@ -71,6 +73,9 @@ class TrainJob:
     tf_threads: int = 0
     start_timeout_s: int = 120
     horovodrun_hosts: Optional[str] = None
+    # train.final_fit=train_val: windows of train + validation items (None: no refit) and its steps.
+    refit_dir: Optional[str] = None
+    refit_steps_per_epoch: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

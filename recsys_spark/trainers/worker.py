@@ -20,6 +20,7 @@ collective operations never wait on a rank that ran out of data.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -508,29 +509,14 @@ def epoch_callback_class():
     return EpochEnd
 
 
-def train_worker(job: TrainJob, distribution: str = "local") -> dict:
-    """Train one rank; the chief exports ``model.keras`` into ``job.export_dir``.
-
-    Returns this rank's history (per-epoch loss, val_loss, val_hr@10, val_ndcg@10, targets),
-    epoch seconds, the best epoch and why training stopped, targets trained, training seconds, a
-    digest of its final weights and the validation ranking sums of the best weights (all ranks)."""
-    import pyarrow.parquet as pq
+def _fit(job: TrainJob, dist: Distribution, spec: ModelSpec, text, item_ids: "list[str]", log_q, log_f, full_softmax: bool):
+    """Build the network and train it on ``job.train_dir`` for at most ``job.epochs`` (early
+    stopping on ``job.val_dir`` when given); returns ``(network, stepper)``."""
     import tensorflow as tf
 
-    set_tf_threads(job.tf_threads)
-    dist = {"local": Distribution, "horovod": HorovodDistribution, "tf_distribute": MultiWorkerDistribution}[
-        distribution
-    ]()
     # The same seed everywhere: identical initial weights even before Horovod's broadcast.
     tf.keras.utils.set_random_seed(job.seed)
-    spec = ModelSpec.from_json(job.model)
-    log_q, log_f = vocabulary_log_probabilities(job.vocabulary_dir, spec.n_tokens)
-    text = text_matrix(job.vocabulary_dir, spec)
-    full_softmax = uses_full_softmax(job, spec)
     train_data = dist.dataset(train_dataset(job, spec, log_q), job.batch_size * dist.size)
-    vocabulary = pq.read_table(job.vocabulary_dir, columns=["index", ITEM_ID]).sort_by("index")
-    item_ids = [str(i) for i in vocabulary.column(ITEM_ID).to_pylist()]
-
     with dist.scope():
         network = build_model(spec, text)
         model = next_item_trainer_class()(
@@ -548,12 +534,6 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         model.distribute_reduction_method = "first"
 
     stepper = epoch_callback_class()(job, dist, lambda: SequenceRanker(job.version, spec, item_ids, network))
-    log.info(
-        "rank %d/%d: %s, %d steps/epoch of %d windows", dist.rank, dist.size,
-        "full softmax" if full_softmax else f"sampled softmax ({job.sampled_negatives} negatives"
-        f"{' + in-batch' if job.in_batch_negatives else ''})", job.steps_per_epoch, job.batch_size,
-    )
-    started = time.perf_counter()
     model.fit(
         train_data,
         epochs=job.epochs,
@@ -561,10 +541,74 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         callbacks=dist.callbacks() + [stepper],
         verbose=0,
     )
-    seconds = time.perf_counter() - started
-    epochs_run = len(stepper.epoch_seconds)
     if stepper.best_weights is not None:
         network.set_weights(stepper.best_weights)
+    return network, stepper
+
+
+def refit_plan(job: TrainJob, best_epoch: int, epochs_run: int, elapsed_s: float) -> "tuple[bool, str]":
+    """Whether the final refit on train + validation runs, and why (or why not): it needs a
+    refit set and a chosen epoch, and must fit in what is left of ``max_minutes`` (estimated from
+    the selection's seconds per epoch, scaled by the refit's steps). ``elapsed_s`` is the
+    slowest rank's, so every rank decides the same."""
+    if not job.refit_dir:
+        return False, "off (train.final_fit=train)"
+    if best_epoch < 1:
+        return False, "no epoch was chosen"
+    if job.max_minutes > 0 and epochs_run:
+        mean = elapsed_s / epochs_run
+        estimate = best_epoch * mean * job.refit_steps_per_epoch / max(1, job.steps_per_epoch)
+        if elapsed_s + estimate > job.max_minutes * 60.0:
+            return False, (
+                f"skipped: about {estimate:.0f}s of refit would pass train.max_minutes={job.max_minutes} "
+                f"({elapsed_s:.0f}s used); the model trained on train_items is served"
+            )
+    return True, f"train + validation, {best_epoch} epochs (the chosen epoch)"
+
+
+def train_worker(job: TrainJob, distribution: str = "local") -> dict:
+    """Train one rank; the chief exports ``model.keras`` into ``job.export_dir``.
+
+    Training on ``train_dir`` chooses the epoch by validation NDCG@10; with ``refit_dir`` the
+    model is then trained again from the same initial weights for that many epochs on the
+    train + validation windows (what the baselines' final fit sees) and that model is exported.
+    Returns this rank's history (per-epoch loss, val_loss, val_hr@10, val_ndcg@10, targets),
+    epoch seconds, the best epoch and why training stopped, targets trained, training seconds, a
+    digest of its final weights and the validation ranking sums of the chosen (pre-refit)
+    weights (all ranks): the refit has seen the validation items, so they cannot judge it."""
+    import pyarrow.parquet as pq
+
+    set_tf_threads(job.tf_threads)
+    dist = {"local": Distribution, "horovod": HorovodDistribution, "tf_distribute": MultiWorkerDistribution}[
+        distribution
+    ]()
+    spec = ModelSpec.from_json(job.model)
+    log_q, log_f = vocabulary_log_probabilities(job.vocabulary_dir, spec.n_tokens)
+    text = text_matrix(job.vocabulary_dir, spec)
+    full_softmax = uses_full_softmax(job, spec)
+    vocabulary = pq.read_table(job.vocabulary_dir, columns=["index", ITEM_ID]).sort_by("index")
+    item_ids = [str(i) for i in vocabulary.column(ITEM_ID).to_pylist()]
+    log.info(
+        "rank %d/%d: %s, %d steps/epoch of %d windows", dist.rank, dist.size,
+        "full softmax" if full_softmax else f"sampled softmax ({job.sampled_negatives} negatives"
+        f"{' + in-batch' if job.in_batch_negatives else ''})", job.steps_per_epoch, job.batch_size,
+    )
+    started = time.perf_counter()
+    network, stepper = _fit(job, dist, spec, text, item_ids, log_q, log_f, full_softmax)
+    epochs_run = len(stepper.epoch_seconds)
+    sums = ranking_sums(SequenceRanker(job.version, spec, item_ids, network), job.val_dir, [dist.shard]) if job.val_dir else None
+    elapsed = float(dist.max_over_ranks(np.array([time.perf_counter() - started]))[0])
+    refit, refit_note = refit_plan(job, stepper.best_epoch, epochs_run, elapsed)
+    refit_history: dict = {}
+    if refit:
+        refit_job = dataclasses.replace(
+            job, train_dir=job.refit_dir, val_dir=None, epochs=stepper.best_epoch,
+            steps_per_epoch=job.refit_steps_per_epoch, max_minutes=0.0,
+        )
+        network, refitter = _fit(refit_job, dist, spec, text, item_ids, log_q, log_f, full_softmax)
+        refit_history = {"loss": refitter.history["loss"], "targets": refitter.history["targets"],
+                         "epoch_seconds": [round(x, 3) for x in refitter.epoch_seconds]}
+    seconds = time.perf_counter() - started
 
     result = {
         "rank": dist.rank,
@@ -576,13 +620,16 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         "epochs_run": epochs_run,
         "best_epoch": stepper.best_epoch,
         "stopped_by": stepper.stopped_by,
-        "targets_trained": float(sum(stepper.history["targets"])),
+        "refit": refit,
+        "refit_note": refit_note,
+        "refit_history": refit_history,
+        "targets_trained": float(sum(stepper.history["targets"]) + sum(refit_history.get("targets", []))),
         "seconds": seconds,
-        "train_seconds": float(sum(stepper.epoch_seconds)),  # the epochs' steps, without validation
+        # the epochs' steps, without validation
+        "train_seconds": float(sum(stepper.epoch_seconds) + sum(refit_history.get("epoch_seconds", []))),
         "weights_sha256": weights_digest(network.get_weights()),
     }
-    if job.val_dir:
-        sums = ranking_sums(SequenceRanker(job.version, spec, item_ids, network), job.val_dir, [dist.shard])
+    if sums is not None:
         result.update({"val_hits": sums[0], "val_ndcg": sums[1], "val_count": sums[2], "val_xent": sums[3]})
     if dist.is_chief:
         export = build_model(spec, text)
@@ -590,7 +637,7 @@ def train_worker(job: TrainJob, distribution: str = "local") -> dict:
         os.makedirs(job.export_dir, exist_ok=True)
         export.save(os.path.join(job.export_dir, MODEL_FILE))
     log.info(
-        "rank %d/%d (%s): %d epochs (best %d, stopped by %s), %.1fs",
-        dist.rank, dist.size, dist.name, epochs_run, stepper.best_epoch, stepper.stopped_by, seconds,
+        "rank %d/%d (%s): %d epochs (best %d, stopped by %s), refit: %s, %.1fs",
+        dist.rank, dist.size, dist.name, epochs_run, stepper.best_epoch, stepper.stopped_by, refit_note, seconds,
     )
     return result

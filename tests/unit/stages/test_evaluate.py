@@ -1,7 +1,9 @@
 """The evaluate stage end to end on a tiny two-taste split written as gold/user_sequences."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -107,8 +109,12 @@ def test_evaluate_all_models_protocols_and_report(make_ctx, tmp_path):
         "spark.conf.fs.s3a.secret.key=do-not-print-me",
     )
     write_inputs(ctx)
+    os.makedirs(os.path.join(ctx.cfg.models_dir, "v1"))  # the model that wrote the recommendations
+    with open(os.path.join(ctx.cfg.models_dir, "v1", "config.json"), "w", encoding="utf-8") as handle:
+        json.dump({"version": "v1", "final_fit": {"events": "train_val", "note": "train + validation, 3 epochs"}}, handle)
     summary = evaluate.run(ctx)
 
+    assert summary["fit_events"] == {"baselines": "train_val", "lstm": "train_val"}
     assert summary["models"] == ["popularity", "als", "item_knn", "next_item", "content", "lstm"]
     assert summary["skipped"] == {}
     assert summary["test_users"] == 12 and summary["untied_users"] == 6
@@ -153,6 +159,7 @@ def test_evaluate_all_models_protocols_and_report(make_ctx, tmp_path):
     markdown = Path(summary["report"]["markdown"]).read_text()
     assert html.count("data:image/png;base64,") == 4 and "src='http" not in html
     assert "| lstm |" in markdown and "full_untied" in markdown
+    assert "the served LSTM from train + validation items (trained again for the epoch early stopping chose)" in markdown
     assert "do-not-print-me" not in html + markdown
     assert Path(summary["report"]["html"]).parent == Path(ctx.cfg.reports_dir) / "test-run"
 
@@ -163,6 +170,7 @@ def test_evaluate_appends_each_run_and_skips_what_is_missing(make_ctx, spark):
     first = evaluate.run(ctx)
     assert first["models"] == ["popularity", "content"]
     assert "score" in first["skipped"]["lstm"]
+    assert first["fit_events"] == {"baselines": "train_val"}  # no recommendations: no lstm
 
     shutil.rmtree(ctx.lake.location(USER_VECTORS_TABLE))
     second = evaluate.run(make_context(spark, ctx.cfg, run_id="second-run"))

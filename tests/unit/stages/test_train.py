@@ -5,6 +5,9 @@ import json
 import os
 import random
 import shutil
+from dataclasses import replace
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -12,7 +15,8 @@ import pytest
 from recsys_spark.core import schemas as S
 from recsys_spark.stages import train
 from recsys_spark.models.sequence import FIRST_ITEM, LATEST_FILE, SequenceRanker, latest_model_dir
-from recsys_spark.trainers import TrainingFailed
+from recsys_spark.trainers import TrainingFailed, TrainJob
+from recsys_spark.trainers.worker import refit_plan
 
 N_ITEMS = 24
 # Small and fast, but enough epochs for the validation loss to fall on the cyclic data below.
@@ -151,6 +155,49 @@ def test_local_training_publishes_a_model_and_counts_bad_input(make_ctx):
     # The cyclic rule was learned: after i5, i6 outranks a far item.
     [probs] = ranker.score([["i3", "i4", "i5"]], [["i6", "i17"]])
     assert probs[0] > probs[1]
+
+
+def test_final_fit_trains_again_on_train_and_validation_for_the_chosen_epoch(make_ctx, tmp_path):
+    """The served model learns from train + validation items, as the baselines' final fit does:
+    the same seed and initial weights, the epoch early stopping chose, every train + validation
+    event but a user's first a target once; the validation figures stay the selection's."""
+    ctx = make_ctx(*TRAIN_SETTINGS)
+    rows = cyclic_sequences(ctx.spark)
+    write_sequences(ctx, rows)
+    summary = train.run(ctx)
+    assert summary["final_fit"] == "train_val" and summary["final_fit_note"].startswith("train + validation")
+    assert summary["refit_targets"] == sum(len(r[7]) + len(r[10]) - 1 for r in rows)
+    assert summary["refit_targets"] == summary["targets"] + len(rows)  # one validation item each
+    history = json.load(open(os.path.join(latest_model_dir(ctx.cfg.models_dir), "history.json")))
+    assert len(history["refit_loss"]) == summary["best_epoch"]
+    assert len(history["refit_targets"]) == summary["best_epoch"] and min(history["refit_targets"]) > 0
+    assert summary["targets_trained"] == sum(history["targets"]) + sum(history["refit_targets"])
+
+    only = make_ctx(*TRAIN_SETTINGS, "train.final_fit=train", warehouse=tmp_path / "train-only")
+    write_sequences(only, rows)
+    plain = train.run(only)
+    assert plain["final_fit"] == "train" and plain["refit_targets"] == 0
+    assert plain["final_fit_note"] == "off (train.final_fit=train)"
+    # The same selection (seeded), a different served model.
+    assert (plain["epochs"], plain["best_epoch"]) == (summary["epochs"], summary["best_epoch"])
+    assert plain["val_ndcg@10"] == pytest.approx(summary["val_ndcg@10"], abs=1e-3)
+    refit_model = SequenceRanker.load(latest_model_dir(ctx.cfg.models_dir))
+    train_model = SequenceRanker.load(latest_model_dir(only.cfg.models_dir))
+    assert not np.allclose(refit_model.item_vectors()[1], train_model.item_vectors()[1])
+
+
+def test_the_refit_is_skipped_when_it_would_pass_the_time_budget():
+    job = TrainJob(version="v", work_dir="w", train_dir="t", val_dir="v", vocabulary_dir="d", export_dir="e",
+                   world_size=1, model={}, epochs=10, batch_size=8, learning_rate=0.01, warmup_epochs=1,
+                   patience=2, seed=1, steps_per_epoch=10, max_minutes=1.0, refit_dir="r", refit_steps_per_epoch=12)
+    # 5 epochs of 10 steps took 25 s: 3 refit epochs of 12 steps, about 18 s more, fit in 60 s ...
+    assert refit_plan(job, best_epoch=3, epochs_run=5, elapsed_s=25.0)[0]
+    # ... after 40 s (about 29 s more) they do not.
+    run, note = refit_plan(job, best_epoch=3, epochs_run=5, elapsed_s=40.0)
+    assert not run and "train.max_minutes=1.0" in note
+    assert refit_plan(replace(job, max_minutes=0.0), best_epoch=3, epochs_run=5, elapsed_s=1e6)[0]
+    assert refit_plan(replace(job, refit_dir=None), 3, 5, 1.0) == (False, "off (train.final_fit=train)")
+    assert not refit_plan(job, best_epoch=0, epochs_run=5, elapsed_s=1.0)[0]
 
 
 def test_failed_training_leaves_the_previous_model_in_service(make_ctx, monkeypatch):

@@ -2,6 +2,8 @@
 the model's learned text projection, for the users whose histories are close to them."""
 from __future__ import annotations
 
+import json
+import os
 import random
 from datetime import datetime
 
@@ -122,7 +124,8 @@ def test_cold_items_get_projected_vectors_and_the_least_trained_items_bias(make_
 
     cold, counts = find_cold_items(ctx.lake, model_dir, max_items=10)
     assert sorted(cold.item_ids) == ["n0", "n1", "n2"]
-    assert counts == {"cold_start_items": 3, "cold_start_over_limit": 0, "cold_start_bad_vectors": 1}
+    assert counts == {"cold_start_items": 3, "cold_start_over_limit": 0, "cold_start_bad_vectors": 1,
+                      "cold_start_since": "every item outside the vocabulary (the model records neither)"}
     ranker = cold.ranker()
     base = SequenceRanker.load(model_dir)
     assert ranker.item_ids == base.item_ids + list(cold.item_ids) and ranker.cold_items == list(cold.item_ids)
@@ -147,8 +150,27 @@ def test_cold_items_get_projected_vectors_and_the_least_trained_items_bias(make_
     np.testing.assert_allclose((ranker.retrieval_queries([["i1", "i2"]]) @ vectors.T) * ranker.retrieval_scale,
                                logits, rtol=1e-4, atol=1e-4)
 
+    # Only items added after training are cold: the model records the table version it saw.
+    config_path = os.path.join(model_dir, "config.json")
+    meta = json.load(open(config_path))
+    with open(config_path, "w", encoding="utf-8") as handle:
+        json.dump({**meta, "inputs": {"item_embeddings_version": 0}}, handle)
+    none_new, counts = find_cold_items(ctx.lake, model_dir, max_items=10)
+    assert len(none_new) == 0 and counts["cold_start_since"] == "gold/item_embeddings version 0"
+    ctx.lake.replace(ctx.spark.createDataFrame(emb + _embedding_rows(["n3"], new_text[:1], ADDED), S.ITEM_EMBEDDINGS),
+                     S.ITEM_EMBEDDINGS_TABLE)
+    added, _ = find_cold_items(ctx.lake, model_dir, max_items=10)
+    assert added.item_ids == ("n3",)
+    # Without that version (vacuumed, or not recorded), items encoded after the model's creation.
+    with open(config_path, "w", encoding="utf-8") as handle:
+        json.dump({**meta, "created_at": "2026-01-15T00:00:00+00:00"}, handle)
+    since, counts = find_cold_items(ctx.lake, model_dir, max_items=10)
+    assert sorted(since.item_ids) == ["n0", "n1", "n2", "n3"] and counts["cold_start_since"].startswith("encoded after 2026-01-15")
+    with open(config_path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle)
+
     newest, counts = find_cold_items(ctx.lake, model_dir, max_items=2)
-    assert len(newest) == 2 and counts["cold_start_over_limit"] == 1
+    assert len(newest) == 2 and counts["cold_start_over_limit"] == 2  # n0..n3 usable
     off, counts = find_cold_items(ctx.lake, model_dir, max_items=0)
     assert len(off) == 0 and counts["cold_start"].startswith("off")
     without_text = write_model_dir(str(tmp_path / "plain"), ModelSpec(n_tokens=spec.n_tokens, max_len=4, embedding_dim=8, lstm_units=6), items)

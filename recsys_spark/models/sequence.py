@@ -479,12 +479,15 @@ class SequenceRanker:
         """The vocabulary and its (n_items, d) L2-normalised vectors, in the user-state space."""
         return list(self.item_ids), self._token_vectors[FIRST_ITEM:].astype(np.float32)
 
+    def _m_squared(self) -> float:
+        """``M^2 = 1 + max b^2`` over the items (cold ones included), the item vectors' norm."""
+        bias = self._bias[FIRST_ITEM:].astype(np.float64)
+        return 1.0 + (float(np.max(bias ** 2)) if len(bias) else 0.0)
+
     @property
     def retrieval_scale(self) -> float:
         """``M*Q``: a retrieval cosine times this is the model's logit (see the module doc)."""
-        bias = self._bias[FIRST_ITEM:].astype(np.float64)
-        m = np.sqrt(1.0 + (float(np.max(bias ** 2)) if len(bias) else 0.0))
-        return float(m * np.sqrt(self._scale ** 2 + 1.0))
+        return float(np.sqrt(self._m_squared()) * np.sqrt(self._scale ** 2 + 1.0))
 
     def retrieval_queries(self, histories: "list[list[str]]") -> np.ndarray:
         """(n, d+2) unit query vectors ``[scale*s, 1, 0]/Q`` of the histories' user states."""
@@ -499,7 +502,7 @@ class SequenceRanker:
         inner product with ``retrieval_queries`` is the logit / ``retrieval_scale``."""
         vectors = self._token_vectors[FIRST_ITEM:].astype(np.float64)
         bias = self._bias[FIRST_ITEM:].astype(np.float64)[:, None]
-        m_squared = 1.0 + (float(np.max(bias ** 2)) if len(bias) else 0.0)
+        m_squared = self._m_squared()
         slack = np.sqrt(np.maximum(m_squared - 1.0 - bias ** 2, 0.0))
         augmented = np.concatenate([vectors, bias, slack], axis=1) / np.sqrt(m_squared)
         return list(self.item_ids), augmented.astype(np.float32)

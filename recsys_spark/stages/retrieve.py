@@ -2,7 +2,7 @@
 
 Reads gold/user_vectors (interest vectors) or, with ``retrieve.query`` lstm/auto and a trained
 model (the registry's ``champion``, or ``models/latest`` without a registry:
-``recsys_spark.tracking.experiment.serving_model_dir``), the LSTM user states over the model's item vectors; gold/item_embeddings (active rows);
+``recsys_spark.tracking.experiment.serving_model_dir``), the LSTM's retrieval queries over its item vectors; gold/item_embeddings (active rows);
 gold/user_sequences (``history_items``: the LSTM's input; ``seen_items``: every item the user has
 interacted with, never retrieved again for that user; ``test_items``: the held-out items whose
 share among the candidates, ``candidate_recall@<candidates>``, is the pipeline's ceiling).

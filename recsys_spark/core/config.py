@@ -108,9 +108,21 @@ class TablesConfig:
     # fails with one error naming the table and the other writer's operation.
     conflict_retries: int = 5
     conflict_backoff_seconds: float = 1.0
+    # A write that leaves a table with at least this many data files compacts it (Delta OPTIMIZE,
+    # its own commit; rows and older versions unchanged), so incremental runs do not pile up
+    # small files. 0: never (e.g. where the platform compacts: Databricks predictive optimization).
+    compact_min_files: int = 50
+    # VACUUM (the maintain stage) keeps every file a version younger than this still reads: time
+    # travel and rollback reach back this far. Delta's own floor is 7 days (168 hours).
+    vacuum_retain_hours: float = 168.0
 
     def validate(self, key: str) -> None:
         _check_choice(self.mode, TABLE_MODES, f"{key}.mode")
+        _check(self.compact_min_files == 0 or self.compact_min_files >= 2, f"{key}.compact_min_files",
+               "must be 0 (never compact) or at least 2 (one file is already compact)")
+        _check(self.vacuum_retain_hours >= 168, f"{key}.vacuum_retain_hours",
+               "must be at least 168 (7 days): Delta refuses to vacuum files younger than its retention, "
+               "and a shorter window would cut the time travel that rollback needs")
         _check(0 <= self.conflict_retries <= 100, f"{key}.conflict_retries", "must be in [0, 100]")
         _check(0 <= self.conflict_backoff_seconds <= 60, f"{key}.conflict_backoff_seconds", "must be in [0, 60]")
 

@@ -11,6 +11,11 @@ schema order, cast to its types; a missing column is an error naming the table a
 and returns a ``WriteResult``: the new version, the commit's operation and its
 ``operationMetrics``. An optional ``metadata`` dict becomes the commit's ``userMetadata`` (JSON),
 readable again through ``history``.
+
+Tables stay healthy as they grow: a write that leaves a table with ``tables.compact_min_files``
+data files or more compacts it (``compact``: Delta's OPTIMIZE, its own commit, the rows and the
+older versions unchanged), and ``vacuum`` deletes the files no version younger than
+``tables.vacuum_retain_hours`` needs (the ``maintain`` stage runs both on every table).
 """
 from __future__ import annotations
 
@@ -203,8 +208,9 @@ def _same_path(a: str, b: str) -> bool:
 
 
 class Lakehouse:
-    """The Delta tables of one config: ``read``, ``version``, ``exists``, ``history`` and the
-    writes ``replace``, ``replace_where``, ``append``, ``merge``, ``delete_where``."""
+    """The Delta tables of one config: ``read``, ``version``, ``exists``, ``history``,
+    ``file_count``, the writes ``replace``, ``replace_where``, ``append``, ``merge``,
+    ``delete_where``, and the upkeep ``compact`` and ``vacuum``."""
 
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark = spark
@@ -433,6 +439,86 @@ class Lakehouse:
         ]
         return sorted(commits, key=lambda c: -c.version)
 
+    def file_count(self, table: TableRef) -> int:
+        """How many data files the table's current version holds (a missing table is an error)."""
+        def from_log(delta_log):
+            if self._log_version(delta_log) is None:
+                return _SLOW
+            empty = self.spark._jvm.scala.Option.empty()
+            return int(delta_log.update(False, empty, empty).numOfFiles())
+
+        fast = self._fast(table, from_log)
+        if fast is not _SLOW:
+            return fast
+        self._require(table)
+        return int(self.spark.sql(f"DESCRIBE DETAIL {self._sql_name(table)}").first()["numFiles"])
+
+    # ---- upkeep ------------------------------------------------------------------
+    def compact(self, table: TableRef, metadata: Optional[dict] = None) -> WriteResult:
+        """Rewrite the table's small files into fewer large ones (Delta's OPTIMIZE) in one commit
+        whose operation metrics say how many files went (``numRemovedFiles``) and came
+        (``numAddedFiles``). The rows are the same; readers of older versions are not disturbed
+        (their files stay until ``vacuum``). Nothing to compact: no commit."""
+        self._require(table)
+
+        def attempt() -> WriteResult:
+            before = self.version(table)
+            write_id = uuid.uuid4().hex
+            with self._commit_metadata(metadata, write_id):
+                self.spark.sql(f"OPTIMIZE {self._sql_name(table)}")
+            return self._result(table, before, write_id)
+
+        return self._retrying(table, "OPTIMIZE", attempt)
+
+    def vacuum(self, table: TableRef, retain_hours: Optional[float] = None) -> int:
+        """Delete the data files that no version of the last ``retain_hours`` (default
+        ``tables.vacuum_retain_hours``) reads; returns how many. Time travel and rollback reach
+        back that far afterwards.
+
+        Delta (4.x) takes the window from the table property ``delta.deletedFileRetentionDuration``
+        and ignores ``RETAIN n HOURS`` unless n is 0, so the property is set first (one metadata
+        commit, only when it differs), with ``delta.logRetentionDuration`` raised to match when the
+        window passes the log's default 30 days (time travel needs the log entries too)."""
+        self._require(table)
+        hours = self.cfg.tables.vacuum_retain_hours if retain_hours is None else retain_hours
+        name = self._sql_name(table)
+        if hours > 0:
+            self._retain_for(table, hours)
+            retain = ""
+        else:  # only with Delta's retentionDurationCheck turned off, as a test may
+            retain = " RETAIN 0 HOURS"
+        # Hadoop's local file system keeps a .crc checksum beside every file: not data files.
+        doomed = [r["path"] for r in self.spark.sql(f"VACUUM {name}{retain} DRY RUN").collect()]
+        doomed = [p for p in doomed if not p.endswith(".crc")]
+        if doomed:
+            self.spark.sql(f"VACUUM {name}{retain}").collect()
+        return len(doomed)
+
+    def _retain_for(self, table: TableRef, hours: float) -> None:
+        """Make the table's file (and, past 30 days, log) retention ``hours``."""
+        want = {"delta.deletedFileRetentionDuration": f"interval {hours:g} hours"}
+        if hours > 720:
+            want["delta.logRetentionDuration"] = f"interval {hours:g} hours"
+        detail = self.spark.sql(f"DESCRIBE DETAIL {self._sql_name(table)}").first()
+        current = dict(detail["properties"] or {})
+        changed = {k: v for k, v in want.items() if current.get(k) != v}
+        if changed:
+            settings = ", ".join(f"'{k}' = '{v}'" for k, v in changed.items())
+            self._retrying(table, "SET TBLPROPERTIES",
+                           lambda: self.spark.sql(f"ALTER TABLE {self._sql_name(table)} SET TBLPROPERTIES ({settings})"))
+
+    def _compact_if_fragmented(self, table: TableRef) -> None:
+        """After a write: compact the table once it holds ``tables.compact_min_files`` files."""
+        threshold = self.cfg.tables.compact_min_files
+        if threshold <= 0:
+            return
+        files = self.file_count(table)
+        if files < threshold:
+            return
+        result = self.compact(table, metadata={"compaction": "tables.compact_min_files", "files_before": files})
+        log.info("table %s: %d files compacted into %d (version %d)", table,
+                 result.metric("numRemovedFiles"), result.metric("numAddedFiles"), result.version)
+
     # ---- writing -----------------------------------------------------------------
     def conform(self, df: DataFrame, table: TableRef) -> DataFrame:
         """``df`` as ``table``'s rows: its schema's columns in order, cast to its types (extra
@@ -527,9 +613,11 @@ class Lakehouse:
             return self._result(table, before, write_id)
 
         try:
-            return self._retrying(table, "MERGE", attempt)
+            result = self._retrying(table, "MERGE", attempt)
         finally:
             self.spark.catalog.dropTempView(view)
+        self._compact_if_fragmented(table)
+        return result
 
     def delete_where(self, table: TableRef, condition: str, metadata: Optional[dict] = None) -> WriteResult:
         def attempt() -> WriteResult:
@@ -594,7 +682,9 @@ class Lakehouse:
             return self._result(table, before, write_id)
 
         what = "append" if mode == "append" else ("replaceWhere" if "replaceWhere" in options else "overwrite")
-        return self._retrying(table, what, attempt)
+        result = self._retrying(table, what, attempt)
+        self._compact_if_fragmented(table)
+        return result
 
     def _save(self, writer: DataFrameWriter, table: TableRef) -> None:
         """The one place that knows a path from a catalog name."""

@@ -2,7 +2,8 @@
 
 Every stage module exposes ``run(ctx: StageContext) -> dict`` and talks to the others only
 through Delta tables: no stage imports another stage or the pipeline. ``STAGES`` names them with
-their one-line help; ``PIPELINE_ORDER`` is the order ``run`` uses.
+their one-line help; ``PIPELINE_ORDER`` is the order ``run`` uses (``generate`` makes test data
+and ``maintain`` is table upkeep scheduled apart: neither is part of ``run``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ STAGES: dict[str, str] = {
     "retrieve": "approximate cosine top-N candidates (IVF or exact) -> gold/candidates, gold/similar_items",
     "score": "LSTM re-ranks candidates -> gold/recommendations",
     "evaluate": "ranking metrics for the pipeline and baselines -> gold/metrics",
+    "maintain": "compact (OPTIMIZE) and VACUUM every table, keeping tables.vacuum_retain_hours of time travel",
 }
 PIPELINE_ORDER = ("ingest", "features", "encode", "interests", "train", "retrieve", "score", "evaluate")
 

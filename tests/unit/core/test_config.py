@@ -50,6 +50,8 @@ def test_overrides_are_typed():
         ("retrieve.candidates=2", "retrieve.candidates"),
         ("train=5", "train"),
         ("features.event_weights.click=-1", "features.event_weights.click"),
+        ("tables.compact_min_files=1", "tables.compact_min_files"),
+        ("tables.vacuum_retain_hours=24", "tables.vacuum_retain_hours"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -217,3 +217,67 @@ def test_the_log_fast_path_answers_as_sql_does(make_ctx, tmp_path, monkeypatch):
     assert fast[0] == [2, None, None] and fast[1] == [True, False, False]
     assert [(c.version, c.operation) for c in fast[2]] == [(2, "WRITE"), (1, "MERGE"), (0, "WRITE")]
     assert fast[2][1].operationMetrics["numTargetRowsInserted"] == 1 and fast[2][2].metadata == {"run_id": "f1"}
+
+
+def test_a_write_that_leaves_many_files_compacts_the_table(make_ctx):
+    """(One file per append: each frame is one partition.) tables.compact_min_files: the write that brings the table to that many files is followed
+    by one OPTIMIZE commit; the write's own result is unchanged, the rows are the same at every
+    version, and the versions before the compaction still read (their files stay until VACUUM)."""
+    ctx = make_ctx("tables.compact_min_files=3")
+    lake, spark = ctx.lake, ctx.spark
+    results = [lake.append(frame(spark, [(k, i, None)]).coalesce(1), TABLE) for i, k in enumerate("abcd")]
+    assert [(r.version, r.operation) for r in results] == [(0, "WRITE"), (1, "WRITE"), (2, "WRITE"), (4, "WRITE")]
+    history = lake.history(TABLE, 10)
+    assert [c.operation for c in history] == ["WRITE", "OPTIMIZE", "WRITE", "WRITE", "WRITE"]
+    optimize = history[1]
+    assert optimize.operationMetrics["numRemovedFiles"] == 3 and optimize.operationMetrics["numAddedFiles"] == 1
+    assert optimize.metadata == {"compaction": "tables.compact_min_files", "files_before": 3}
+    assert lake.file_count(TABLE) == 2
+    assert content(lake) == [("a", 0, None), ("b", 1, None), ("c", 2, None), ("d", 3, None)]
+    assert content(lake, version=2) == content(lake, version=3) == [("a", 0, None), ("b", 1, None), ("c", 2, None)]
+
+    never = make_ctx("tables.compact_min_files=0", warehouse=ctx.cfg.warehouse + "-never").lake
+    for i, k in enumerate("abcd"):
+        never.append(frame(spark, [(k, i, None)]).coalesce(1), TABLE)
+    assert never.file_count(TABLE) == 4 and "OPTIMIZE" not in [c.operation for c in never.history(TABLE, 10)]
+
+
+def test_file_count_answers_as_sql_does(make_ctx, monkeypatch):
+    ctx = make_ctx("tables.compact_min_files=0")
+    lake, spark = ctx.lake, ctx.spark
+    lake.append(frame(spark, [("a", 1, "x")]).coalesce(1), TABLE)
+    lake.append(frame(spark, [("b", 2, "y")]).coalesce(1), TABLE)
+    fast = lake.file_count(TABLE)
+    monkeypatch.setattr(lake, "_delta_log", lambda table: None)
+    assert lake.file_count(TABLE) == fast == 2
+    with pytest.raises(FileNotFoundError, match="gold/never_written"):
+        lake.file_count(TableRef("gold", "never_written", ROWS))
+
+
+def test_vacuum_keeps_what_the_retention_window_reads(make_ctx):
+    """VACUUM deletes only files that no version inside the window reads: with the default week
+    nothing young goes and time travel to the first version still works; with no window (Delta's
+    safety check turned off, as only a test may) the files the compaction replaced are gone, the
+    current version reads the same rows and the old versions no longer read."""
+    ctx = make_ctx("tables.compact_min_files=0")
+    lake, spark = ctx.lake, ctx.spark
+    for i, k in enumerate("abc"):
+        lake.append(frame(spark, [(k, i, None)]).coalesce(1), TABLE)
+    compacted = lake.compact(TABLE)
+    assert compacted.operation == "OPTIMIZE" and lake.file_count(TABLE) == 1
+    assert lake.vacuum(TABLE) == 0
+    assert content(lake, version=0) == [("a", 0, None)]
+    properties = spark.sql(f"DESCRIBE DETAIL delta.`{lake.location(TABLE)}`").first()["properties"]
+    assert properties["delta.deletedFileRetentionDuration"] == "interval 168 hours"
+    assert "delta.logRetentionDuration" not in properties  # a week is inside the log's 30 days
+    assert lake.compact(TABLE).committed is False  # one file: nothing to compact, no commit
+
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    spark.conf.set(check, "false")
+    try:
+        assert lake.vacuum(TABLE, retain_hours=0) == 3
+    finally:
+        spark.conf.set(check, "true")
+    assert content(lake) == [("a", 0, None), ("b", 1, None), ("c", 2, None)]
+    with pytest.raises(Exception):
+        lake.read(TABLE, 0).collect()

@@ -37,7 +37,11 @@ JOB_STAGES = {
     "recsys_daily": ("ingest", "features", "encode", "interests", "retrieve", "score", "evaluate"),
     "recsys_weekly_training": ("train",),
     "recsys_hourly_scoring": ("ingest", "features", "encode", "interests", "retrieve", "score"),
+    "recsys_weekly_maintenance": ("maintain",),
 }
+# The order stages may run in within a job: the pipeline's, then table upkeep.
+JOB_ORDER = (*PIPELINE_ORDER, "maintain")
+NOTEBOOK_JOBS = ("recsys_weekly_training", "recsys_hourly_scoring", "recsys_weekly_maintenance")
 # "{{tasks.ingest.values.rows_ingested}}" -> ("ingest", "rows_ingested")
 TASK_VALUE_REF = re.compile(r"\{\{tasks\.([A-Za-z0-9_]+)\.values\.([A-Za-z0-9_]+)\}\}")
 NOTEBOOK_NAME = re.compile(r"^\d\d_(?P<stage>[a-z]+)$")
@@ -127,6 +131,8 @@ def test_every_job_is_scheduled_with_retries_timeouts_and_failure_email(bundle):
     # seconds minutes hours day-of-month month day-of-week
     assert crons["recsys_daily"][2].isdigit() and crons["recsys_daily"][3:5] == ["*", "*"], "daily"
     assert crons["recsys_weekly_training"][5] in ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), "weekly"
+    assert crons["recsys_weekly_maintenance"][5] in ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), "weekly"
+    assert int(crons["recsys_weekly_maintenance"][2]) != int(crons["recsys_daily"][2]), "upkeep stays out of the daily run"
     hours = crons["recsys_hourly_scoring"][2]
     assert crons["recsys_hourly_scoring"][1].isdigit() and hours != "*"
     hourly = {h for part in hours.split(",") for h in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
@@ -175,7 +181,7 @@ def _check_catalog_config(cfg, variables: dict, where: str) -> None:
 
 def test_notebook_tasks_name_notebooks_that_exist(bundle):
     notebook_tasks = [(job, key, task) for job, key, task in _tasks(bundle) if "notebook_task" in task]
-    assert {job.key for job, _, _ in notebook_tasks} == {"recsys_weekly_training", "recsys_hourly_scoring"}
+    assert {job.key for job, _, _ in notebook_tasks} == set(NOTEBOOK_JOBS)
     for job, key, task in notebook_tasks:
         path = (job.source.parent / task["notebook_task"]["notebook_path"]).resolve()
         assert path.is_file(), f"{job.key}.{key}: {path} does not exist"
@@ -188,7 +194,7 @@ def test_notebook_tasks_name_notebooks_that_exist(bundle):
 
 def test_job_parameters_are_the_notebook_widgets_and_make_a_valid_config(bundle, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the profile is found by name, wherever the task's working directory is
-    for key in ("recsys_weekly_training", "recsys_hourly_scoring"):
+    for key in NOTEBOOK_JOBS:
         params = {p["name"]: p["default"] for p in bundle.jobs[key].spec["parameters"]}
         dbutils = databricks.LocalDbutils(params)
         databricks.define_widgets(dbutils)
@@ -213,7 +219,7 @@ def test_dependencies_form_a_dag_in_pipeline_order(bundle):
         tasks = job.tasks
         assert len(tasks) == len(job.spec["tasks"]), f"{job.key}: task keys are unique"
         stages = {key: task_stage(job, task) for key, task in tasks.items()}
-        run = tuple(s for s in PIPELINE_ORDER if s in stages.values())
+        run = tuple(s for s in JOB_ORDER if s in stages.values())
         assert run == JOB_STAGES[job.key] and len(run) == len([s for s in stages.values() if s]), job.key
         for key, task in tasks.items():
             for dep in task.get("depends_on", []):
@@ -224,10 +230,10 @@ def test_dependencies_form_a_dag_in_pipeline_order(bundle):
             # Every earlier stage of the job runs before this one (through a condition task or not),
             # and no later one does.
             before = {stages[k] for k in job.upstream(key)} - {None}
-            position = PIPELINE_ORDER.index(stages[key])
-            assert all(PIPELINE_ORDER.index(s) < position for s in before), f"{job.key}.{key} after a later stage"
+            position = JOB_ORDER.index(stages[key])
+            assert all(JOB_ORDER.index(s) < position for s in before), f"{job.key}.{key} after a later stage"
             if stages[key] in ("interests", "retrieve", "score", "evaluate"):
-                assert before == {s for s in run if PIPELINE_ORDER.index(s) < position}, f"{job.key}.{key}: {before}"
+                assert before == {s for s in run if JOB_ORDER.index(s) < position}, f"{job.key}.{key}: {before}"
         (last,) = [k for k in tasks if not any(k in [d["task_key"] for d in t.get("depends_on", [])] for t in tasks.values())]
         assert job.upstream(last) == set(tasks) - {last}, f"{job.key}: every task leads to {last}"
 

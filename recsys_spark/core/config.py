@@ -79,6 +79,9 @@ class SparkConfig:
     delta_package: str = "io.delta:delta-spark_4.2_2.13:4.4.0"
     # Local jar files used instead of delta_package when Maven Central cannot be reached.
     delta_jars: Optional[str] = None
+    # The driver JVM's heap ("3g", "512m"), or "auto": on a local master, where the driver is also
+    # the executor, half the machine's memory (the other half for the Python workers: pandas UDFs,
+    # the encoder, TensorFlow), whole GiB, at least 1g; elsewhere the launcher's setting.
     driver_memory: str = "3g"
     shuffle_partitions: int = 8
     log_level: str = "WARN"
@@ -86,6 +89,8 @@ class SparkConfig:
 
     def validate(self, key: str) -> None:
         _check(self.shuffle_partitions >= 1, f"{key}.shuffle_partitions", "must be >= 1")
+        _check(isinstance(self.driver_memory, str) and re.fullmatch(r"auto|\d+[kmgt]?", self.driver_memory, re.I) is not None,
+               f"{key}.driver_memory", f"must be a JVM size like 4g or 512m, or auto; got {self.driver_memory!r}")
         _check_choice(self.log_level, LOG_LEVELS, f"{key}.log_level")
         if self.remote is not None:
             _check(

@@ -69,6 +69,28 @@ def local_cores(master: str) -> Optional[int]:
     return (os.cpu_count() or 1) if slots == "*" else int(slots)
 
 
+def physical_memory_bytes() -> Optional[int]:
+    """This machine's memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def driver_memory(setting: str, master: Optional[str], memory_bytes: Optional[int] = None) -> Optional[str]:
+    """``spark.driver.memory`` for ``spark.driver_memory``: a size as given; ``auto`` on a local
+    master is half the machine's memory in whole GiB (at least 1g: the driver is the executor
+    too, and the Python workers need the other half), and no setting elsewhere (the launcher's)."""
+    if setting != "auto":
+        return setting
+    if local_cores(master or "") is None:
+        return None
+    total = physical_memory_bytes() if memory_bytes is None else memory_bytes
+    if not total:
+        return "2g"
+    return f"{max(1, total // 2 // 2**30)}g"
+
+
 def default_parallelism(spark: SparkSession) -> int:
     """How many tasks the session runs at once: ``sparkContext.defaultParallelism`` on classic
     Spark; on Connect, ``spark.default.parallelism`` when set, else the cores of a local master,
@@ -116,12 +138,14 @@ def get_spark(cfg: Config) -> SparkSession:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.driver.memory": sc.driver_memory,
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Keep every Delta write an ACID commit whose history stays readable for rollback.
         "spark.databricks.delta.retentionDurationCheck.enabled": "true",
     }
+    memory = driver_memory(sc.driver_memory, sc.remote or sc.master)
+    if memory is not None:
+        settings["spark.driver.memory"] = memory
     if not on_databricks():
         # Harmless when the launcher set them too; needed whoever ships the jars.
         settings["spark.sql.extensions"] = DELTA_EXTENSION

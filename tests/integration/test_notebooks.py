@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ OUTPUT_TABLES = {
     "score": (RECOMMENDATIONS_TABLE, SIMILAR_ITEMS_TABLE),
     "evaluate": (METRICS_TABLE,),
     "generate": (),
+    # Upkeep rewrites files, not rows: the tables every stage left still hold them.
+    "maintain": (SILVER_EVENTS_TABLE, USER_SEQUENCES_TABLE, RECOMMENDATIONS_TABLE, METRICS_TABLE),
 }
 # Small enough for two shared cores; every key is a real config key, so a rename fails here.
 TINY_OVERRIDES = (
@@ -363,15 +366,30 @@ QUICKSTART_NOTEBOOKS = [p for p in NOTEBOOKS if len(notebook_stages(p)) > 1]
 
 
 @pytest.mark.parametrize("path", [_notebook_params(p) for p in STAGE_NOTEBOOKS])
-def test_stage_notebook_runs_locally(path, spark, notebook_lake):
+def test_stage_notebook_runs_locally(path, spark, notebook_lake, tmp_path):
     (stage,) = notebook_stages(path)
     ctx = notebook_lake["ctx"]
-    earlier = [] if stage == "generate" else list(PIPELINE_ORDER[: PIPELINE_ORDER.index(stage)])
+    params = notebook_lake["params"]
+    if stage == "generate":
+        earlier = []
+    elif stage == "maintain":  # upkeep of a warehouse every stage has written
+        earlier = list(PIPELINE_ORDER)
+    else:
+        earlier = list(PIPELINE_ORDER[: PIPELINE_ORDER.index(stage)])
     require_stages(earlier + [stage])
     _fill(notebook_lake, earlier)
+    if stage == "maintain":
+        # On a copy of the warehouse: the Connect comparison after these tests wants the stage
+        # notebooks' table versions, which upkeep's commits would move.
+        copy = tmp_path / "maintained"
+        shutil.copytree(ctx.cfg.warehouse, copy)
+        params = {**params, "overrides": params["overrides"] + f" ; warehouse={copy}"}
 
-    result = databricks.run_notebook(path, spark, notebook_lake["params"])
+    result = databricks.run_notebook(path, spark, params)
     notebook_lake["done"].add(stage)
+    if stage == "maintain":
+        ctx = result.namespace["ctx"]
+        assert ctx.cfg.warehouse == str(copy)
 
     summary = json.loads(result.exit_value)
     notebook_lake["summaries"][stage] = summary
@@ -398,6 +416,9 @@ def test_stage_notebook_runs_locally(path, spark, notebook_lake):
         assert result.task_values == {f"ndcg_at_{k}": ndcg[f"ndcg@{k}"] for k in ctx.cfg.evaluate.ks}
     else:
         assert result.html == []
+    if stage == "maintain":
+        assert summary["tables_maintained"] == len(summary["tables"]) >= len(PIPELINE_ORDER)
+        assert summary["files_after"] <= summary["files_before"] and summary["files_vacuumed"] == 0
     if stage == "generate":
         assert summary["event_lines"] == 200
         assert list(Path(summary["events_path"]).glob("events-*.jsonl")), "no event files written"

@@ -467,15 +467,7 @@ class Lakehouse:
         (``numAddedFiles``). The rows are the same; readers of older versions are not disturbed
         (their files stay until ``vacuum``). Nothing to compact: no commit."""
         self._require(table)
-
-        def attempt() -> WriteResult:
-            before = self.version(table)
-            write_id = uuid.uuid4().hex
-            with self._commit_metadata(metadata, write_id):
-                self.spark.sql(f"OPTIMIZE {self._sql_name(table)}")
-            return self._result(table, before, write_id)
-
-        return self._retrying(table, "OPTIMIZE", attempt)
+        return self._sql_commit(table, "OPTIMIZE", f"OPTIMIZE {self._sql_name(table)}", metadata)
 
     def vacuum(self, table: TableRef, retain_hours: Optional[float] = None) -> int:
         """Delete the data files that no version of the last ``retain_hours`` (default
@@ -627,14 +619,18 @@ class Lakehouse:
         return result
 
     def delete_where(self, table: TableRef, condition: str, metadata: Optional[dict] = None) -> WriteResult:
+        return self._sql_commit(table, "DELETE", f"DELETE FROM {self._sql_name(table)} WHERE {condition}", metadata)
+
+    def _sql_commit(self, table: TableRef, operation: str, statement: str, metadata: Optional[dict]) -> WriteResult:
+        """One SQL ``statement`` as one commit tagged with ``metadata``, retried on conflicts."""
         def attempt() -> WriteResult:
             before = self.version(table)
             write_id = uuid.uuid4().hex
             with self._commit_metadata(metadata, write_id):
-                self.spark.sql(f"DELETE FROM {self._sql_name(table)} WHERE {condition}")
+                self.spark.sql(statement)
             return self._result(table, before, write_id)
 
-        return self._retrying(table, "DELETE", attempt)
+        return self._retrying(table, operation, attempt)
 
     def _create_if_missing(self, table: TableRef) -> None:
         """An empty table from ``table.schema``: in path mode one metadata-only CREATE TABLE

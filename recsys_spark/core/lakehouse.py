@@ -43,9 +43,11 @@ log = logging.getLogger(__name__)
 
 # Delta reads a commit's userMetadata from this session conf (a MERGE has no writer options).
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
-# The conf is session-wide: writes that set it take turns, so one write's metadata never lands
-# on another's commit made from this process.
-_METADATA_LOCK = threading.RLock()
+# How many tasks Delta's VACUUM lists a table's folders in (Spark's default: 10000).
+LISTING_TASKS_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+# Session confs are session-wide: the operations that set one take turns, so one write's
+# metadata never lands on another's commit made from this process.
+_SESSION_CONF_LOCK = threading.RLock()
 # What Delta says when a path holds no Delta table (nothing there, or files that are not one).
 # ``Lakehouse._fast`` could not answer: ask SQL.
 _SLOW = object()
@@ -486,12 +488,19 @@ class Lakehouse:
             retain = ""
         else:  # only with Delta's retentionDurationCheck turned off, as a test may
             retain = " RETAIN 0 HOURS"
-        # Hadoop's local file system keeps a .crc checksum beside every file: not data files.
-        doomed = [r["path"] for r in self.spark.sql(f"VACUUM {name}{retain} DRY RUN").collect()]
-        doomed = [p for p in doomed if not p.endswith(".crc")]
-        if doomed:
-            self.spark.sql(f"VACUUM {name}{retain}").collect()
+        with self._session_conf(LISTING_TASKS_CONF, str(self._vacuum_listing_tasks())):
+            # Hadoop's local file system keeps a .crc checksum beside every file: not data files.
+            doomed = [r["path"] for r in self.spark.sql(f"VACUUM {name}{retain} DRY RUN").collect()]
+            doomed = [p for p in doomed if not p.endswith(".crc")]
+            if doomed:
+                self.spark.sql(f"VACUUM {name}{retain}").collect()
         return len(doomed)
+
+    def _vacuum_listing_tasks(self) -> int:
+        """``tables.vacuum_listing_tasks``, or the session's parallelism when 0."""
+        from recsys_spark.core.session import default_parallelism  # session imports context, which imports this
+
+        return self.cfg.tables.vacuum_listing_tasks or default_parallelism(self.spark)
 
     def _retain_for(self, table: TableRef, hours: float) -> None:
         """Make the table's file (and, past 30 days, log) retention ``hours``."""
@@ -697,23 +706,28 @@ class Lakehouse:
         else:
             writer.save(self.location(table))
 
-    @contextmanager
-    def _commit_metadata(self, metadata: Optional[dict], write_id: str) -> Iterator[None]:
+    def _commit_metadata(self, metadata: Optional[dict], write_id: str):
         """Make ``metadata`` (JSON, with ``write_id`` added under ``WRITE_ID_KEY``) the userMetadata
-        of the commits made inside; the session's previous value is restored afterwards, also when
-        the write fails. Writes of this process take turns (the conf is session-wide)."""
+        of the commits made inside (a context manager)."""
         text = json.dumps({**(metadata or {}), WRITE_ID_KEY: write_id}, sort_keys=True, default=str)
+        return self._session_conf(USER_METADATA_CONF, text)
+
+    @contextmanager
+    def _session_conf(self, key: str, value: str) -> Iterator[None]:
+        """The session conf ``key`` set to ``value`` inside; its previous value is restored
+        afterwards, also when the body fails. Such uses in this process take turns (the conf is
+        session-wide)."""
         conf = self.spark.conf
-        with _METADATA_LOCK:
-            previous = conf.get(USER_METADATA_CONF, None)
-            conf.set(USER_METADATA_CONF, text)
+        with _SESSION_CONF_LOCK:
+            previous = conf.get(key, None)
+            conf.set(key, value)
             try:
                 yield
             finally:
                 if previous is None:
-                    conf.unset(USER_METADATA_CONF)
+                    conf.unset(key)
                 else:
-                    conf.set(USER_METADATA_CONF, previous)
+                    conf.set(key, previous)
 
     def _result(self, table: TableRef, version_before: Optional[int], write_id: str) -> WriteResult:
         """The write just made: the commit tagged ``write_id`` (the newest, unless another job

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark.core.lakehouse import USER_METADATA_CONF, WriteResult, table_versions
+from recsys_spark.core.lakehouse import LISTING_TASKS_CONF, USER_METADATA_CONF, WriteResult, table_versions
 from recsys_spark.core.schemas import TableRef
 
 ROWS = T.StructType(
@@ -252,6 +252,41 @@ def test_file_count_answers_as_sql_does(make_ctx, monkeypatch):
     assert lake.file_count(TABLE) == fast == 2
     with pytest.raises(FileNotFoundError, match="gold/never_written"):
         lake.file_count(TableRef("gold", "never_written", ROWS))
+
+
+def _tasks_per_stage(spark, group: str, action) -> list:
+    """The task counts of every stage the jobs of ``action()`` ran, under the job group ``group``."""
+    sc = spark.sparkContext
+    sc.setJobGroup(group, group)
+    try:
+        action()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    tracker = sc.statusTracker()
+    stages = [s for j in tracker.getJobIdsForGroup(group) for s in tracker.getJobInfo(j).stageIds]
+    return [tracker.getStageInfo(s).numTasks for s in stages if tracker.getStageInfo(s) is not None]
+
+
+def test_vacuum_lists_the_table_in_as_many_tasks_as_configured(make_ctx):
+    """Spark's default listing parallelism (10000 tasks) made each VACUUM of a tiny table take
+    40-55 s on 2 cores; the listing runs in tables.vacuum_listing_tasks tasks (0: the session's
+    parallelism), and the session's own setting is left as it was."""
+    ctx = make_ctx("tables.compact_min_files=0", "tables.vacuum_listing_tasks=3")
+    lake, spark = ctx.lake, ctx.spark
+    for i, k in enumerate("ab"):
+        lake.append(frame(spark, [(k, i, None)]).coalesce(1), TABLE)
+    tasks = _tasks_per_stage(spark, "vacuum-listing-3", lambda: lake.vacuum(TABLE))
+    assert tasks and max(tasks) == 3, tasks  # the listing's stage, and no stage above it
+    assert spark.conf.get(LISTING_TASKS_CONF, None) is None  # unset before: unset after
+
+    spark.conf.set(LISTING_TASKS_CONF, "777")
+    try:
+        default = make_ctx("tables.compact_min_files=0", warehouse=ctx.cfg.warehouse).lake
+        tasks = _tasks_per_stage(spark, "vacuum-listing-default", lambda: default.vacuum(TABLE))
+        assert max(tasks) == spark.sparkContext.defaultParallelism, tasks
+        assert spark.conf.get(LISTING_TASKS_CONF) == "777"
+    finally:
+        spark.conf.unset(LISTING_TASKS_CONF)
 
 
 def test_vacuum_keeps_what_the_retention_window_reads(make_ctx):

@@ -53,6 +53,8 @@ TABLE_MODES = ("path", "catalog")
 INPUT_FORMATS = ("auto", "events", "movielens")
 SPLITS = ("leave_one_out", "time_cut", "none")
 ENCODE_DEVICES = ("auto", "cpu", "cuda")
+# auto: bf16 where the device multiplies bfloat16 in hardware (recsys_spark.models.text), else fp32.
+ENCODE_PRECISIONS = ("auto", "fp32", "bf16")
 TRAIN_BACKENDS = ("local", "horovod", "horovodrun", "tf_distribute")
 NEGATIVE_SAMPLING = ("popularity", "uniform")
 FINAL_FITS = ("train_val", "train")
@@ -227,6 +229,7 @@ class EncodeConfig:
     batch_size: int = 64
     torch_threads: int = 0  # 0: the cores of the executor divided by its concurrent tasks
     device: str = "auto"
+    precision: str = "auto"
     text_template: str = "{title}. {genres}. {category}. {tags}. {description}"
     max_text_chars: int = 2000
     partitions: int = 0  # 0: spark.default.parallelism
@@ -235,6 +238,7 @@ class EncodeConfig:
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         _check(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _check_choice(self.device, ENCODE_DEVICES, f"{key}.device")
+        _check_choice(self.precision, ENCODE_PRECISIONS, f"{key}.precision")
         _check(self.max_text_chars >= 16, f"{key}.max_text_chars", "must be >= 16")
         _check(self.partitions >= 0, f"{key}.partitions", "must be >= 0")
 

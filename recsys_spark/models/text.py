@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,59 @@ def resolve_device(requested: str) -> str:
     if gpus is not None and gpus.addresses:
         return f"cuda:{gpus.addresses[0]}"
     return "cuda"
+
+
+# CPU flags of an x86 core that multiplies bfloat16 in hardware (AVX512-BF16, or AMX tiles).
+_NATIVE_BF16_FLAGS = re.compile(r"\b(avx512_bf16|amx_bf16)\b")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU
+    whose flags (``/proc/cpuinfo``) show AVX512-BF16 or AMX. Elsewhere bfloat16 is emulated and
+    slower than float32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            return bool(_NATIVE_BF16_FLAGS.search(handle.read()))
+    except OSError:  # not Linux: no way to tell, keep float32
+        return False
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``fp32`` or ``bf16`` for ``encode.precision`` on ``device``: ``auto`` takes bf16 only where
+    the hardware runs it natively."""
+    if requested == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return requested
+
+
+def encode_texts(model: Any, texts: "list[str]", batch_size: int, precision: str) -> "Any":
+    """L2-normalised float32 vectors of ``texts`` (numpy, one row per text).
+
+    ``bf16`` runs the forward pass under ``torch.autocast`` (matmuls in bfloat16, layer norms and
+    softmax in float32); the vectors are renormalised in float32 afterwards. On MiniLM their cosine
+    to the float32 ones is above 0.999 (tests/unit/models/test_text.py, BENCHMARKS.md)."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    device = str(model.device)
+    autocast = (
+        torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        if precision == "bf16" else contextlib.nullcontext()
+    )
+    with autocast:
+        vectors = model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=False, convert_to_numpy=False,
+            convert_to_tensor=True, show_progress_bar=False,
+        )
+    vectors = vectors.float().cpu().numpy()
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
 
 
 def load_encoder(path: str, device: str) -> tuple[Any, bool]:

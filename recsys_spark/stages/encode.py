@@ -64,6 +64,7 @@ ENCODE, KEEP, REACTIVATE, NO_TEXT, GONE = "encode", "keep", "reactivate", "no_te
 WORKER = "_worker"
 MODEL_LOADED = "_model_loaded"
 DEVICE = "_device"
+PRECISION = "_precision"
 
 ENCODED = T.StructType(
     [
@@ -74,6 +75,7 @@ ENCODED = T.StructType(
         T.StructField(WORKER, T.StringType()),
         T.StructField(MODEL_LOADED, T.BooleanType()),
         T.StructField(DEVICE, T.StringType()),
+        T.StructField(PRECISION, T.StringType()),
     ]
 )
 
@@ -84,6 +86,7 @@ class EncoderSpec:
 
     model_path: str
     device: str
+    precision: str  # encode.precision: auto, fp32 or bf16 (auto is decided in each worker)
     batch_size: int
     torch_threads: int  # 0: derive from the worker's cores and tasks_per_executor
     tasks_per_executor: Optional[int]  # None: unknown (cluster default), use task_cpus threads
@@ -236,6 +239,7 @@ def _encode_batches(batches: Iterator[pd.DataFrame], spec: EncoderSpec) -> Itera
     import numpy as np
 
     device = text_model.resolve_device(spec.device)
+    precision = text_model.resolve_precision(spec.precision, device)
     text_model.set_torch_threads(spec.threads())
     worker = f"{socket.gethostname()}:{os.getpid()}"
     for batch in batches:
@@ -243,13 +247,7 @@ def _encode_batches(batches: Iterator[pd.DataFrame], spec: EncoderSpec) -> Itera
             continue
         model, loaded_now = text_model.load_encoder(spec.model_path, device)
         texts = batch[TEXT].tolist()
-        vectors = model.encode(
-            texts,
-            batch_size=spec.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32, copy=False)
+        vectors = text_model.encode_texts(model, texts, spec.batch_size, precision)
         cut_by_tokenizer = text_model.token_truncated(model, texts)
         yield pd.DataFrame(
             {
@@ -260,13 +258,15 @@ def _encode_batches(batches: Iterator[pd.DataFrame], spec: EncoderSpec) -> Itera
                 WORKER: worker,
                 MODEL_LOADED: [loaded_now] + [False] * (len(batch) - 1),
                 DEVICE: device,
+                PRECISION: precision,
             }
         )
 
 
 def encode_texts(to_encode: DataFrame, spec: EncoderSpec) -> DataFrame:
     """item_id, content_hash, text, truncated -> item_id, content_hash, vector (L2-normalised
-    array<float>), truncated (cut by characters or by the tokenizer), _worker, _model_loaded, _device."""
+    array<float>), truncated (cut by characters or by the tokenizer), _worker, _model_loaded, _device,
+    _precision."""
     require_columns(to_encode, [ITEM_ID, CONTENT_HASH, TEXT, TRUNCATED], "encode_texts")
     return to_encode.select(ITEM_ID, CONTENT_HASH, TEXT, TRUNCATED).mapInPandas(
         lambda batches: _encode_batches(batches, spec), ENCODED
@@ -292,6 +292,7 @@ def encoder_spec(spark: SparkSession, cfg: EncodeConfig, model_path: str) -> Enc
     return EncoderSpec(
         model_path=model_path,
         device=cfg.device,
+        precision=cfg.precision,
         batch_size=cfg.batch_size,
         torch_threads=cfg.torch_threads,
         tasks_per_executor=tasks_per_executor(spark),
@@ -324,7 +325,7 @@ def _check_unique_items(items: DataFrame) -> None:
 def run(ctx: StageContext) -> dict:
     """silver/items -> gold/item_embeddings (MERGE on item_id). Summary: items_total, items_encoded,
     items_skipped, items_no_text, items_truncated, items_deactivated, items_reactivated,
-    texts_per_s, model, model_version, dim, devices, model_loads, python_workers, tables."""
+    texts_per_s, model, model_version, dim, devices, precisions, model_loads, python_workers, tables."""
     cfg = ctx.cfg.encode
     template_fields(cfg.text_template)
     model = text_model.resolve_model(cfg.model)  # fails here, before any Spark work
@@ -371,6 +372,7 @@ def run(ctx: StageContext) -> dict:
                 F.count_if(F.col(MODEL_LOADED)).alias("loads"),
                 F.count_distinct(WORKER).alias("workers"),
                 F.collect_set(DEVICE).alias("devices"),
+                F.collect_set(PRECISION).alias("precisions"),
                 F.max(F.size(VECTOR)).alias("dim"),
                 F.count_if(F.exists(VECTOR, F.isnan)).alias("nan_vectors"),
             ).first()
@@ -420,6 +422,7 @@ def run(ctx: StageContext) -> dict:
         "model_version": version,
         "dim": dim,
         "devices": sorted(stats["devices"] or []),
+        "precisions": sorted(stats["precisions"] or []),
         "model_loads": stats["loads"],
         "python_workers": stats["workers"],
         "partitions": partitions,

@@ -67,6 +67,7 @@ OUT_OF_RANGE = [
     ("features.event_weights={view: -1}", "features.event_weights.view"),
     ("encode.batch_size=0", "encode.batch_size"),
     ("encode.device=tpu", "encode.device"),
+    ("encode.precision=int4", "encode.precision"),
     ("encode.max_text_chars=8", "encode.max_text_chars"),
     ("interests.half_life_days=0", "interests.half_life_days"),
     ("train.backend=spark", "train.backend"),

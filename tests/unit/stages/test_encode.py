@@ -177,6 +177,8 @@ def test_encode_is_semantic_normalised_and_incremental(make_ctx, spark):
     assert first["items_no_text"] == 1 and first["items_skipped"] == 0
     assert first["items_truncated"] == 1  # long1: longer than the model's 256 tokens
     assert first["dim"] == 384 and first["devices"] == ["cpu"]
+    # encode.precision=auto: bf16 where this CPU multiplies it natively, else float32.
+    assert first["precisions"] == [text_model.resolve_precision("auto", "cpu")]
     assert first["model_version"].startswith(MINILM_SHA256_PREFIX)
     # Loaded once per Python worker, not once per partition (4 partitions, 2 task slots).
     assert first["model_loads"] <= first["python_workers"] <= 2

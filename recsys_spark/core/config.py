@@ -356,8 +356,11 @@ class EvaluateConfig:
     sampled_negatives: int = 100
     sampled_distribution: str = "popularity"
     baselines: tuple = BASELINE_MODELS
-    als_ranks: tuple = (32, 64)
-    als_reg_params: tuple = (0.01, 0.1)
+    # One ALS fit per run by default (rank 64, reg 0.1, alpha 10). Several values in any of the
+    # three lists sweep their grid instead (tuning mode): each point fit on train_* and scored on
+    # the validation item, the best refit on history_*: one fit per point plus the refit.
+    als_ranks: tuple = (64,)
+    als_reg_params: tuple = (0.1,)
     als_alphas: tuple = (10.0,)
     als_max_iter: int = 10
     knn_neighbours: int = 50  # item_knn: top neighbours kept per item

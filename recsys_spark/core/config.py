@@ -364,6 +364,9 @@ class EvaluateConfig:
     als_alphas: tuple = (10.0,)
     als_max_iter: int = 10
     knn_neighbours: int = 50  # item_knn: top neighbours kept per item
+    # next_item: each item's most frequent successors kept (0: all). Bounds the join of every
+    # user's last item with its successors when one item is followed by very many others.
+    next_item_successors: int = 500
     # sampled protocol: how deep each model's ranked list goes when placing the held-out item
     sampled_depth: int = 200
     seed: int = 3
@@ -377,6 +380,7 @@ class EvaluateConfig:
         for b in self.baselines:
             _check_choice(b, EVALUATED_MODELS, f"{key}.baselines", each=True)
         _check(self.sampled_negatives >= 1, f"{key}.sampled_negatives", "must be >= 1")
+        _check(self.next_item_successors >= 0, f"{key}.next_item_successors", "must be >= 0 (0: every successor)")
         for name in ("als_max_iter", "knn_neighbours", "sampled_depth"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check_choice(self.sampled_distribution, SAMPLED_DISTRIBUTIONS, f"{key}.sampled_distribution")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -79,16 +79,31 @@ class AlsParams:
     seed: int = 3
 
 
-def als(histories: DataFrame, queries: DataFrame, k: int, params: AlsParams) -> DataFrame:
+def als(histories: DataFrame, queries: DataFrame, k: int, params: AlsParams, block_size: int = 4096) -> DataFrame:
     """Spark ML ALS for implicit feedback (``implicitPrefs=True``) on the summed event weights.
 
     Reads ``histories`` (user_id, items, weights). Users and items get integer ids from
-    ``StringIndexer`` (ids are strings everywhere else). Each query user receives the top
-    ``k + longest seen list`` items of the model, seen ones are dropped, the first k kept (the
-    seen lists are complete, so this reaches past k by as many items as the heaviest user holds).
-    Query users the model never saw get no predictions (the evaluation counts them as misses).
+    ``StringIndexer`` (ids are strings everywhere else). Each query user receives the ``k``
+    unseen items of highest model score ``u·v``, found by the search's exact blocked kernel
+    (:func:`als_top_k`) with the user's seen items excluded, so the cost grows with users x k and
+    not with the longest seen list (Spark's ``recommendForUserSubset`` had to reach ``k + longest
+    seen list`` deep for every user before the seen ones could be dropped). Query users the model
+    never saw get no predictions (the evaluation counts them as misses).
     """
-    from pyspark.ml.feature import IndexToString, StringIndexer
+    model, user_factors, item_factors = fit_als(histories, params)
+    predictions = als_top_k(
+        user_factors.join(queries.select(USER_ID), USER_ID).select(USER_ID, "features"),
+        item_factors.select(ITEM_ID, "features"), queries, k, block_size,
+    ).cache()
+    predictions.count()  # materialise while the model's factors are cached
+    return predictions
+
+
+def fit_als(histories: DataFrame, params: AlsParams):
+    """The ALS model of ``histories`` (user_id, items, weights) and its factors under the string
+    ids: ``(model, user_factors (id, user_id, features), item_factors (id, item_id, features))``,
+    ``id`` being the model's own integer ids."""
+    from pyspark.ml.feature import StringIndexer
     from pyspark.ml.recommendation import ALS
 
     require_columns(histories, (USER_ID, ITEMS, WEIGHTS), "als histories")
@@ -116,20 +131,44 @@ def als(histories: DataFrame, queries: DataFrame, k: int, params: AlsParams) -> 
         seed=params.seed,
         coldStartStrategy="drop",
     ).fit(indexed)
-    query_ids = users.transform(queries.select(USER_ID)).select(F.col("_u").cast("int").alias("_u"))
-    depth = k + popular.longest(queries, seen_column(queries))
-    recommended = model.recommendForUserSubset(query_ids, depth).select(
-        "_u", F.posexplode("recommendations").alias("_pos", "_rec")
+    indexed.unpersist()  # the model's factors are cached by the fit
+    spark = histories.sparkSession
+    user_ids = spark.createDataFrame(list(enumerate(users.labels)), f"id int, {USER_ID} string")
+    item_ids = spark.createDataFrame(list(enumerate(items.labels)), f"id int, {ITEM_ID} string")
+    return model, model.userFactors.join(user_ids, "id"), model.itemFactors.join(item_ids, "id")
+
+
+def als_top_k(user_factors: DataFrame, item_factors: DataFrame, queries: DataFrame, k: int, block_size: int = 4096) -> DataFrame:
+    """(user_id, item_id, rank): per user of ``user_factors`` (user_id, features) the ``k`` items
+    of ``item_factors`` (item_id, features) with the highest inner product, never one of the
+    user's seen items (``queries``); ties by item id.
+
+    Maximum inner product through the cosine search: with ``M`` the largest item norm, items
+    become the unit vectors ``[v/M, sqrt(1 - |v|²/M²)]`` and users ``[u, 0]``, whose cosine is
+    ``u·v / (|u| M)``: per user the same order as ``u·v``.
+    """
+    from recsys_spark.search.index import ExactIndex
+
+    squared = F.aggregate("features", F.lit(0.0).cast("double"), lambda acc, x: acc + x.cast("double") * x.cast("double"))
+    largest = item_factors.agg(F.max(F.sqrt(squared))).first()[0]
+    if not largest:  # no item, or every item vector zero: nothing can be ranked
+        return item_factors.sparkSession.createDataFrame([], f"{USER_ID} string, {ITEM_ID} string, {RANK} int")
+    m = F.lit(float(largest))
+    item_vectors = item_factors.select(
+        ITEM_ID,
+        F.concat(
+            F.transform("features", lambda x: x.cast("double") / m),
+            F.array(F.sqrt(F.greatest(F.lit(0.0), F.lit(1.0) - squared / (m * m)))),
+        ).cast("array<float>").alias(VECTOR),
     )
-    to_user = IndexToString(inputCol="_u", outputCol=USER_ID, labels=users.labels)
-    to_item = IndexToString(inputCol="_i", outputCol=ITEM_ID, labels=items.labels)
-    scored = to_item.transform(
-        to_user.transform(recommended.select("_u", "_pos", F.col("_rec._i").alias("_i")))
-    ).select(USER_ID, ITEM_ID, "_pos")
-    predictions = _top_k(_unseen(scored, queries), k, [F.col("_pos")]).cache()
-    predictions.count()  # materialise before the ratings cache goes
-    indexed.unpersist()
-    return predictions
+    query_vectors = user_factors.select(
+        F.col(USER_ID).alias(QUERY_ID), F.concat("features", F.array(F.lit(0.0).cast("float"))).alias(VECTOR)
+    )
+    exclude = queries.select(
+        F.col(USER_ID).alias(QUERY_ID), F.explode(F.array_distinct(seen_column(queries))).alias(ITEM_ID)
+    )
+    found = ExactIndex.fit(item_vectors, block_size=block_size).search(query_vectors, k, exclude)
+    return found.select(F.col(QUERY_ID).alias(USER_ID), ITEM_ID, F.col(RANK).cast("int").alias(RANK))
 
 
 def tune_als(
@@ -211,19 +250,44 @@ def transitions(histories: DataFrame) -> DataFrame:
     )
 
 
-def next_item(histories: DataFrame, queries: DataFrame, k: int) -> DataFrame:
+def top_successors(histories: DataFrame, limit: int, counts: Optional[DataFrame] = None) -> DataFrame:
+    """``transitions`` cut to each item's ``limit`` most frequent successors, in next-item's own
+    order (count, then the successor's popularity, then its id); ``limit`` 0 keeps them all."""
+    following = transitions(histories)
+    if limit <= 0:
+        return following
+    counts = item_counts(histories) if counts is None else counts
+    order = Window.partitionBy(ITEM_ID).orderBy(
+        F.col("n").desc(), F.coalesce(F.col(N_INTERACTIONS), F.lit(0)).desc(), F.col("next_id")
+    )
+    popular_next = counts.select(F.col(ITEM_ID).alias("next_id"), N_INTERACTIONS)
+    return (
+        following.join(popular_next, "next_id", "left")
+        .withColumn("_order", F.row_number().over(order))
+        .where(F.col("_order") <= limit)
+        .select(ITEM_ID, "next_id", "n")
+    )
+
+
+def next_item(histories: DataFrame, queries: DataFrame, k: int, successors: int = 0) -> DataFrame:
     """First-order next item: items that most often followed the user's last seen item.
 
     Transitions are counted over ``histories``, which hold no test event, so the held-out item
     cannot leak. A user's own transitions only lead to items it has seen, which are never
     recommended, so they cannot inflate its candidates. Ties and users whose last item has fewer
     than k unseen successors are filled by popularity (then item id).
+
+    ``successors`` > 0 keeps only each item's that many most frequent successors
+    (``top_successors``), so the join of every user's last item with its successors grows with
+    users x ``successors``, not with how many distinct items followed a hot item. The lists equal
+    the exact ones whenever no item has more successors than that; a user who has seen almost all
+    of their last item's top successors gets popularity earlier instead.
     """
     require_columns(queries, (USER_ID, ITEMS), "next_item queries")
     counts = item_counts(histories)
     last = queries.where(F.size(ITEMS) > 0).select(USER_ID, F.element_at(ITEMS, -1).alias("_last"))
     following = (
-        last.join(transitions(histories).withColumnRenamed(ITEM_ID, "_last"), "_last")
+        last.join(top_successors(histories, successors, counts).withColumnRenamed(ITEM_ID, "_last"), "_last")
         .select(USER_ID, F.col("next_id").alias(ITEM_ID), F.col("n").alias("_n"))
     )
     fallback = popularity(histories, queries, k).select(USER_ID, ITEM_ID, F.lit(0).cast("long").alias("_n"))

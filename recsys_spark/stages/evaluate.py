@@ -195,7 +195,10 @@ def _als_predictions(ctx: StageContext, sequences: DataFrame, queries: DataFrame
         # One grid point, or no validation item in the split: nothing to choose.
         best = points[0]
     details["chosen"] = {"rank": best.rank, "reg_param": best.reg_param, "alpha": best.alpha, "max_iter": best.max_iter}
-    return baselines.als(fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS), queries, depth, best), details
+    predictions = baselines.als(
+        fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS), queries, depth, best, ctx.cfg.retrieve.block_size
+    )
+    return predictions, details
 
 
 def _rows(result: DataFrame, model: str) -> list[dict]:
@@ -366,7 +369,7 @@ def run(ctx: StageContext) -> dict:
     producers: dict[str, Callable[[], DataFrame]] = {
         POPULARITY_MODEL: lambda: baselines.popularity(histories, queries, depth),
         ITEM_KNN_MODEL: lambda: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
-        NEXT_ITEM_MODEL: lambda: baselines.next_item(histories, queries, depth),
+        NEXT_ITEM_MODEL: lambda: baselines.next_item(histories, queries, depth, cfg.next_item_successors),
         CONTENT_MODEL: lambda: _content_predictions(ctx, queries, depth),
     }
     models = [m for m in cfg.baselines if m != PIPELINE_MODEL]

@@ -84,6 +84,7 @@ OUT_OF_RANGE = [
     ("evaluate.ks=[0]", "evaluate.ks"),
     ("evaluate.protocols=[online]", "evaluate.protocols"),
     ("evaluate.baselines=[magic]", "evaluate.baselines"),
+    ("evaluate.next_item_successors=-1", "evaluate.next_item_successors"),
     ("report.example_users=-1", "report.example_users"),
     ("report.bootstrap_samples=0", "report.bootstrap_samples"),
     ("report.max_text_chars=0", "report.max_text_chars"),

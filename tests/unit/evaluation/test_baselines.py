@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import baselines as B
 from recsys_spark.core.schemas import ITEM_ID, ITEMS, RANK, SEEN_ITEMS, USER_ID, VECTOR, WEIGHTS
@@ -42,6 +43,30 @@ def test_next_item_follows_the_last_item_then_popularity(spark, histories):
     assert result["u4"] == ["b", "c", "d"]  # b followed a twice; then popularity c (2 users), d (1)
     assert result["x"] == ["c", "d", "a"]  # c twice, d once after b; a only by popularity
     assert result["y"] == ["c", "d"]  # every other item is seen
+
+
+def test_bounded_next_item_equals_the_exact_one_when_the_bound_exceeds_the_successors(spark):
+    """A hot item ``h`` is followed by 30 different items (each once, ``s07`` four times);
+    bounded at >= 30 successors next-item equals the exact lists, at 3 it keeps h's three most
+    frequent successors (count, then popularity, then id) and fills with popularity after them."""
+    rows = [(f"u{i:02d}", ["h", f"s{i:02d}"]) for i in range(30)]
+    rows += [(f"v{i}", ["h", "s07", "p"]) for i in range(3)] + [(f"w{i}", ["p", "s20"]) for i in range(2)]
+    histories = spark.createDataFrame([(u, s, [1.0] * len(s)) for u, s in rows], HISTORY_SCHEMA)
+    queries = spark.createDataFrame([("q1", ["h"]), ("q2", ["x", "h"]), ("q3", ["p"])], QUERY_SCHEMA)
+    successors = {r["next_id"] for r in B.transitions(histories).where(F.col(ITEM_ID) == "h").collect()}
+    assert len(successors) == 30
+    exact = lists(B.next_item(histories, queries, 10))
+    for bound in (30, 31, 500):
+        assert lists(B.next_item(histories, queries, 10, successors=bound)) == exact, bound
+    assert lists(B.next_item(histories, queries, 10, successors=0)) == exact
+    # h's successors by count: s07 (4), then the ones once each by popularity: s20 (3 users) and
+    # the rest (1 user each) by id, s00 first.
+    top = [r["next_id"] for r in B.top_successors(histories, 3).where(F.col(ITEM_ID) == "h").collect()]
+    assert sorted(top) == ["s00", "s07", "s20"]
+    bounded = lists(B.next_item(histories, queries, 10, successors=3))
+    assert bounded["q1"][:3] == exact["q1"][:3] == ["s07", "s20", "s00"]
+    assert bounded["q1"][3] == "p"  # then popularity (p: 5 users), not h's fourth successor s01
+    assert exact["q1"][3] == "s01"
 
 
 def test_transitions_count_adjacent_pairs(spark, histories):
@@ -89,6 +114,40 @@ def clustered(spark):
             rows.append((f"{prefix}{n}", seen, [1.0] * len(seen)))
             queries.append((f"{prefix}{n}", seen, held_out))
     return spark.createDataFrame(rows, HISTORY_SCHEMA), queries
+
+
+def test_als_top_k_equals_spark_recommend_for_user_subset(spark):
+    """The exact search over [v/M, sqrt(1 - |v|²/M²)] gives every user the same unseen top k as
+    Spark's own recommendForUserSubset, reached k + longest seen list deep and cut after the seen
+    items are dropped."""
+    import random
+
+    rng = random.Random(11)
+    rows = []
+    for u in range(40):
+        items = rng.sample([f"i{i:02d}" for i in range(60)], rng.randint(2, 15))
+        rows.append((f"u{u:02d}", items, [float(rng.randint(1, 5)) for _ in items]))
+    histories = spark.createDataFrame(rows, HISTORY_SCHEMA)
+    # Queries: every user with what they have seen, plus one user unknown to the model.
+    queries = spark.createDataFrame([(u, items) for u, items, _ in rows] + [("nobody", ["i01"])], QUERY_SCHEMA)
+    model, user_factors, item_factors = B.fit_als(histories, B.AlsParams(rank=6, reg_param=0.05, alpha=5.0, max_iter=6, seed=2))
+    k = 5
+    ours = lists(B.als_top_k(user_factors.select(USER_ID, "features"), item_factors.select(ITEM_ID, "features"), queries, k))
+
+    longest = max(len(items) for _, items, _ in rows)
+    user_of = {r["id"]: r[USER_ID] for r in user_factors.collect()}
+    item_of = {r["id"]: r[ITEM_ID] for r in item_factors.collect()}
+    seen = {u: set(items) for u, items, _ in rows}
+    theirs = {}
+    for r in model.recommendForAllUsers(k + longest).collect():
+        user = user_of[r["_u"]]
+        ranked = [(item_of[rec["_i"]], rec["rating"]) for rec in r["recommendations"]]
+        theirs[user] = [item for item, _ in ranked if item not in seen[user]][:k]
+        ratings = [rating for _, rating in ranked]
+        assert len(set(ratings)) == len(ratings), f"{user}: tied ratings, the order would be arbitrary"
+    assert "nobody" not in ours and set(ours) == set(theirs) == set(seen)
+    assert ours == theirs
+    assert all(len(items) == k and not set(items) & seen[u] for u, items in ours.items())
 
 
 @pytest.mark.slow

@@ -18,10 +18,13 @@ from typing import Any, Optional
 import yaml
 
 from recsys_spark.core.schemas import (
+    ALS_MODEL,
     BASELINE_MODELS,
     CART_EVENT,
+    CONTENT_MODEL,
     EVALUATED_MODELS,
     EVENT_TYPES,
+    ITEM_KNN_MODEL,
     PURCHASE_EVENT,
 )
 
@@ -370,6 +373,11 @@ class EvaluateConfig:
     # sampled protocol: how deep each model's ranked list goes when placing the held-out item
     sampled_depth: int = 200
     seed: int = 3
+    # Costly models scored on a seeded sample of the test users (0: every test user): the models
+    # of ``sample_models`` see this many users, drawn by a hash of user_id and ``seed``, and their
+    # accuracy metrics come with standard errors; the others stay on every test user.
+    sample_users: int = 0
+    sample_models: tuple = (ALS_MODEL, ITEM_KNN_MODEL, CONTENT_MODEL)
 
     def validate(self, key: str) -> None:
         _check(len(self.ks) > 0, f"{key}.ks", "must not be empty")
@@ -381,6 +389,10 @@ class EvaluateConfig:
             _check_choice(b, EVALUATED_MODELS, f"{key}.baselines", each=True)
         _check(self.sampled_negatives >= 1, f"{key}.sampled_negatives", "must be >= 1")
         _check(self.next_item_successors >= 0, f"{key}.next_item_successors", "must be >= 0 (0: every successor)")
+        _check(isinstance(self.sample_users, int) and self.sample_users >= 0, f"{key}.sample_users",
+               "must be an integer >= 0 (0: every test user)")
+        for m in self.sample_models:
+            _check_choice(m, EVALUATED_MODELS, f"{key}.sample_models", each=True)
         for name in ("als_max_iter", "knn_neighbours", "sampled_depth"):
             _check(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _check_choice(self.sampled_distribution, SAMPLED_DISTRIBUTIONS, f"{key}.sampled_distribution")

@@ -49,6 +49,8 @@ SELF_INFORMATION = "self_information"
 POP_PERCENTILE = "pop_percentile"
 
 ACCURACY_METRICS = ("recall", "ndcg", "hit_rate", "mrr")
+# A metric's standard error (of its mean over users) is written as its own row, metric name + this.
+STDERR_SUFFIX = "_stderr"
 CATALOG_METRICS = ("coverage", "novelty", "pop_percentile")
 
 METRIC_ROWS = T.StructType(
@@ -167,12 +169,14 @@ def _to_rows(aggregated: DataFrame, names: Sequence[tuple[str, int]]) -> DataFra
     )
 
 
-def ranking_metrics(frame: DataFrame, ks: Sequence[int]) -> DataFrame:
+def ranking_metrics(frame: DataFrame, ks: Sequence[int], stderr: bool = False) -> DataFrame:
     """Mean Recall/NDCG/HitRate/MRR@K over the users of ``frame`` for every K, in one aggregation.
 
     Reads (recs, test_items[, protocol]) from ``evaluation_frame``; writes ([protocol,] metric,
     k, value, n_users), per protocol when the frame has one (a user may sit in several).
-    Users whose ``test_items`` is empty are not test users and are left out.
+    Users whose ``test_items`` is empty are not test users and are left out. With ``stderr``,
+    each metric also gets a row ``<metric>_stderr``: the standard error of its mean over the
+    users, ``stddev_samp / sqrt(n)`` (null for a single user), for metrics on a sample of users.
     """
     ks = check_ks(ks)
     users = frame.where(F.size(TEST_ITEMS) > 0)
@@ -181,11 +185,16 @@ def ranking_metrics(frame: DataFrame, ks: Sequence[int]) -> DataFrame:
         for metric, column in _user_metrics(k).items():
             per_user[(metric, k)] = column
     names = [(metric, k) for k in ks for metric in ACCURACY_METRICS]
+    errors = [(metric + STDERR_SUFFIX, k) for metric, k in names] if stderr else []
     aggregated = users.groupBy(*_groups(frame)).agg(
         F.count(F.lit(1)).alias("_n"),
         *[F.avg(per_user[name]).alias(f"{name[0]}@{name[1]}") for name in names],
+        *[
+            (F.stddev_samp(per_user[name]) / F.sqrt(F.count(F.lit(1)))).alias(f"{name[0]}{STDERR_SUFFIX}@{name[1]}")
+            for name in (names if stderr else [])
+        ],
     )
-    return _to_rows(aggregated, names)
+    return _to_rows(aggregated, names + errors)
 
 
 def user_scores(frame: DataFrame, k: int) -> DataFrame:

@@ -392,6 +392,18 @@ def _lead_text(lead: Optional[dict], report_k: int) -> str:
     return f"lstm against {lead['baseline']}, the best baseline by NDCG@{report_k} on the full protocol. " + " ".join(parts)
 
 
+def _sample_text(sample: Optional[dict], report_k: int) -> str:
+    """What the models on a sample of users saw, with the standard error of their NDCG@K."""
+    if not sample or not sample.get("models"):
+        return ""
+    errors = ", ".join(
+        f"{model} ±{_number((sample['stderr'].get(model) or {}).get(f'ndcg@{report_k}'))}" for model in sample["models"]
+    )
+    return (f" {', '.join(sample['models'])} scored on a seeded sample of {sample['users']} of the "
+            f"{sample['of_test_users']} test users (evaluate.sample_users, seed {sample['seed']}); "
+            f"standard error of NDCG@{report_k}: {errors}.")
+
+
 def _by_length_table(by_length: list[dict], report_k: int) -> list[list[str]]:
     table = [["model", "history", "users", f"ndcg@{report_k}", f"hit_rate@{report_k}"]]
     for row in by_length:
@@ -488,7 +500,8 @@ def _sections(ctx: StageContext, summary: dict, rows: list[dict], report_k: int,
         "text",
         f"Chronological leave-one-out, full ranking over every item the user has not interacted with; "
         f"{summary['test_users']} test users, {summary['untied_users']} of them with an untied test event; "
-        f"catalog of {summary['catalog_size']} items. {summary['tie_break']}. {_fit_text(summary.get('fit_events'))}",
+        f"catalog of {summary['catalog_size']} items. {summary['tie_break']}. {_fit_text(summary.get('fit_events'))}"
+        + _sample_text(summary.get("sample"), report_k),
     )]))
     sections.append((f"Metrics (full, K={report_k})", [("table", metrics_table(rows, models, "full", report_k))]
                      + [("image", name, captions[name], png) for name, png in images.items()]))

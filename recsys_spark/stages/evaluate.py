@@ -218,6 +218,7 @@ def evaluate_model(
     depth: int,
     negatives: Optional[DataFrame] = None,
     sampled_label: str = "",
+    stderr: bool = False,
 ) -> tuple[list[dict], dict, DataFrame]:
     """All metrics of one model's predictions, for every K and protocol; lists are cut at
     ``depth`` unseen items (max K, or deeper for the sampled protocol).
@@ -239,7 +240,7 @@ def evaluate_model(
     # Every user is in "full"; untied users also in "full_untied": one pass computes both.
     protocols = F.when(F.col(TEST_UNTIED), F.array(F.lit(FULL), F.lit(FULL + UNTIED))).otherwise(F.array(F.lit(FULL)))
     by_protocol = frame.withColumn(PROTOCOL, F.explode(protocols))
-    results = metrics.ranking_metrics(by_protocol, ks).unionByName(
+    results = metrics.ranking_metrics(by_protocol, ks, stderr).unionByName(
         metrics.catalog_metrics(by_protocol, popularity, catalog_size, ks)
     )
     if negatives is not None:
@@ -250,13 +251,31 @@ def evaluate_model(
     return _rows(results, model), counts, frame
 
 
-def _compact(rows: list[dict], protocol: str) -> dict:
-    """{model: {"ndcg@10": value, ...}} for one protocol."""
+def _compact(rows: list[dict], protocol: str, stderr: bool = False) -> dict:
+    """{model: {"ndcg@10": value, ...}} for one protocol: the metrics, or (``stderr``) the
+    standard errors of the models evaluated on a sample, under the metric's own name."""
     out: dict = {}
     for row in rows:
-        if row["protocol"] == protocol:
-            out.setdefault(row["model"], {})[f"{row['metric']}@{row['k']}"] = round(row["value"], 5)
+        metric = row["metric"]
+        if row["protocol"] != protocol or metric.endswith(metrics.STDERR_SUFFIX) != stderr:
+            continue
+        name = metric[: -len(metrics.STDERR_SUFFIX)] if stderr else metric
+        value = row["value"]
+        out.setdefault(row["model"], {})[f"{name}@{row['k']}"] = None if value is None else round(value, 6 if stderr else 5)
     return out
+
+
+def sample_targets(targets: DataFrame, n: int, seed: int) -> DataFrame:
+    """The ``n`` test users with the smallest ``xxhash64(user_id, seed)``: a seeded sample that
+    every run, cluster size and partitioning draws the same (a larger ``n`` keeps every user of
+    a smaller one). Only the ids meet on one task (n strings); the rows are a semi-join."""
+    ids = targets.select(USER_ID, F.xxhash64(F.col(USER_ID), F.lit(seed)).alias("_draw"))
+    chosen = ids.orderBy("_draw", USER_ID).limit(n).select(USER_ID)
+    return targets.join(chosen, USER_ID, "left_semi")
+
+
+def untied_users(targets: DataFrame) -> int:
+    return targets.where(F.col(TEST_UNTIED)).count()
 
 
 def _histogram(df: DataFrame) -> list[int]:
@@ -365,13 +384,15 @@ def run(ctx: StageContext) -> dict:
         negatives_short = n_test - negatives.where(F.size(metrics.NEGATIVES) >= cfg.sampled_negatives).count()
 
     histories = fit_histories(sequences, HISTORY_ITEMS, HISTORY_WEIGHTS)
-    queries = baseline_queries(targets)
-    producers: dict[str, Callable[[], DataFrame]] = {
-        POPULARITY_MODEL: lambda: baselines.popularity(histories, queries, depth),
-        ITEM_KNN_MODEL: lambda: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
-        NEXT_ITEM_MODEL: lambda: baselines.next_item(histories, queries, depth, cfg.next_item_successors),
-        CONTENT_MODEL: lambda: _content_predictions(ctx, queries, depth),
+    producers: dict[str, Callable[[DataFrame], DataFrame]] = {
+        POPULARITY_MODEL: lambda queries: baselines.popularity(histories, queries, depth),
+        ITEM_KNN_MODEL: lambda queries: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
+        NEXT_ITEM_MODEL: lambda queries: baselines.next_item(histories, queries, depth, cfg.next_item_successors),
+        CONTENT_MODEL: lambda queries: _content_predictions(ctx, queries, depth),
     }
+    # The costly models on a seeded sample of the test users, with standard errors (0: all).
+    sample_size = cfg.sample_users if 0 < cfg.sample_users < n_test else 0
+    sample = sample_targets(targets, sample_size, cfg.seed).cache() if sample_size else None
     models = [m for m in cfg.baselines if m != PIPELINE_MODEL]
     skipped: dict[str, str] = {}
     # One version of gold/recommendations for every job that reads it, even while an
@@ -399,14 +420,18 @@ def run(ctx: StageContext) -> dict:
         progress.describe(ctx.spark, f"model {model}")
         progress.step("evaluated", position - 1, len(models), unit="models")
         model_started = time.perf_counter()
+        on_sample = sample is not None and model in cfg.sample_models
+        model_targets = sample if on_sample else targets
+        queries = baseline_queries(model_targets)
         if model == ALS_MODEL:
             predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
         elif model == PIPELINE_MODEL:
             predictions = pipeline_predictions(ctx.lake, recommendations_version)
         else:
-            predictions = producers[model]()
+            predictions = producers[model](queries)
         model_rows, counts[model], frame = evaluate_model(
-            model, predictions, targets, popularity, catalog_size, ks, depth, negatives, sampled_label
+            model, predictions, model_targets, popularity, catalog_size, ks, depth, negatives, sampled_label,
+            stderr=on_sample,
         )
         recommended = frame.select(F.explode(F.slice(metrics.RECS, 1, report_k)).alias(ITEM_ID))
         histograms[model] = _histogram(metrics.popularity_histogram(recommended, popularity, HISTOGRAM_BINS))
@@ -454,8 +479,10 @@ def run(ctx: StageContext) -> dict:
     # This run's rows replace any earlier rows of the same run_id: a rerun adds nothing twice.
     run_id = ctx.run_id.replace("'", "''")
     written = ctx.lake.replace_where(table, METRICS_TABLE, f"{RUN_ID} = '{run_id}'")
-    for cached in (targets, all_items, popularity) + ((negatives,) if negatives is not None else ()):
+    for cached in (targets, all_items, popularity) + tuple(c for c in (negatives, sample) if c is not None):
         cached.unpersist()
+    sampled_models = [m for m in counts if sample is not None and m in cfg.sample_models]
+    everyone = [c for m, c in counts.items() if m not in sampled_models]
 
     protocols = sorted({r["protocol"] for r in rows})
     summary = {
@@ -464,7 +491,7 @@ def run(ctx: StageContext) -> dict:
         "ks": list(ks),
         "protocols": protocols,
         "test_users": n_test,
-        "untied_users": next(iter(counts.values()))["untied_users"],
+        "untied_users": everyone[0]["untied_users"] if everyone else untied_users(targets),
         "catalog_size": catalog_size,
         "metrics": _compact(rows, FULL),
         "metrics_untied": _compact(rows, FULL + UNTIED),
@@ -481,6 +508,15 @@ def run(ctx: StageContext) -> dict:
         "tie_break": f"ties in event time broken by a seeded random order (features.tie_break_seed="
         f"{ctx.cfg.features.tie_break_seed}); *_untied protocols use only users whose test event is strictly last",
     }
+    if sample is not None:
+        summary["sample"] = {
+            "users": sample_size,
+            "of_test_users": n_test,
+            "seed": cfg.seed,
+            "models": sampled_models,
+            "stderr": _compact(rows, FULL, stderr=True),
+            "stderr_untied": _compact(rows, FULL + UNTIED, stderr=True),
+        }
     if sampled:
         summary["metrics_sampled"] = _compact(rows, sampled_label)
         summary["sampled_users_short_of_negatives"] = negatives_short

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_bad_k_is_a_clear_error(ks):
         M.check_ks(ks)
 
 
-def python_reference(targets: dict, predictions: list, history: dict, ks: list) -> dict:
+def python_reference(targets: dict, predictions: list, history: dict, ks: list, stderr: bool = False) -> dict:
     """Textbook metrics on Python lists: the oracle for the Spark expressions."""
     lists: dict = {}
     for user, item, rank in sorted(predictions, key=lambda p: (p[0], p[2], p[1])):
@@ -103,17 +104,19 @@ def python_reference(targets: dict, predictions: list, history: dict, ks: list) 
             ranked.append(item)
     out = {}
     for k in ks:
-        sums = dict.fromkeys(M.ACCURACY_METRICS, 0.0)
+        values = {metric: [] for metric in M.ACCURACY_METRICS}
         for user, test in targets.items():
             top = [i for i in lists.get(user, []) if i not in history[user]][:k]
             hits = [pos for pos, item in enumerate(top) if item in test]
-            sums["recall"] += len(hits) / len(test)
-            sums["hit_rate"] += 1.0 if hits else 0.0
-            sums["mrr"] += 1.0 / (hits[0] + 1) if hits else 0.0
+            values["recall"].append(len(hits) / len(test))
+            values["hit_rate"].append(1.0 if hits else 0.0)
+            values["mrr"].append(1.0 / (hits[0] + 1) if hits else 0.0)
             ideal = sum(1 / math.log2(i + 2) for i in range(min(len(test), k)))
-            sums["ndcg"] += sum(1 / math.log2(p + 2) for p in hits) / ideal
-        for metric, total in sums.items():
-            out[(metric, k)] = total / len(targets)
+            values["ndcg"].append(sum(1 / math.log2(p + 2) for p in hits) / ideal)
+        for metric, per_user in values.items():
+            out[(metric, k)] = sum(per_user) / len(per_user)
+            if stderr:  # the standard error of the mean over users: sample sd / sqrt(n)
+                out[(metric + M.STDERR_SUFFIX, k)] = statistics.stdev(per_user) / math.sqrt(len(per_user))
     return out
 
 
@@ -143,6 +146,13 @@ def test_spark_metrics_equal_python_reference_on_random_data(spark):
     for key, value in expected.items():
         assert result[key][0] == pytest.approx(value), key
         assert result[key][1] == 40
+    # With standard errors (metrics on a sample of users): a row <metric>_stderr per metric.
+    with_errors = as_dict(M.ranking_metrics(frame, ks, stderr=True))
+    expected = python_reference(targets, predictions, history, ks, stderr=True)
+    assert set(with_errors) == set(expected) and len(expected) == 2 * len(ks) * len(M.ACCURACY_METRICS)
+    for key, value in expected.items():
+        assert with_errors[key][0] == pytest.approx(value), key
+    assert all(with_errors[(m + M.STDERR_SUFFIX, 10)][0] > 0 for m in M.ACCURACY_METRICS)
 
 
 def test_item_popularity_percentiles_and_self_information(spark):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -179,6 +180,62 @@ def test_evaluate_appends_each_run_and_skips_what_is_missing(make_ctx, spark):
     assert second["tables"]["gold/metrics"] == first["tables"]["gold/metrics"] + 1
     runs = ctx.lake.read(METRICS_TABLE).groupBy("run_id").count().collect()
     assert {r["run_id"] for r in runs} == {"test-run", "second-run"}
+
+
+def many_users(n_users: int = 300, n_items: int = 80, seed: int = 5) -> list:
+    """USER_SEQUENCES rows of ``n_users`` users in four tastes of twenty items each: a user's
+    history is 3-6 items of its taste (one stray item now and then), its test item one more."""
+    rng = random.Random(seed)
+    rows = []
+    for u in range(n_users):
+        taste = [f"t{u % 4}i{n}" for n in range(n_items // 4)]
+        picked = rng.sample(taste, rng.randint(4, 7))
+        if rng.random() < 0.3:
+            picked.insert(rng.randrange(len(picked)), f"t{(u + 1) % 4}i{rng.randrange(n_items // 4)}")
+        rows.append(sequence_row(f"user{u:03d}", picked[:-1], picked[-1:], untied=rng.random() < 0.5))
+    return rows
+
+
+def test_sample_targets_is_seeded_nested_and_a_subset(spark):
+    targets = spark.createDataFrame([(f"u{n}",) for n in range(200)], "user_id string")
+    draw = lambda n, seed: {r[0] for r in evaluate.sample_targets(targets, n, seed).collect()}
+    first, again, larger, other = draw(50, 3), draw(50, 3), draw(80, 3), draw(50, 4)
+    assert len(first) == 50 and first == again
+    assert first < larger and len(larger) == 80  # a larger sample keeps every user of a smaller one
+    assert other != first and len(other) == 50
+    assert draw(500, 3) == {f"u{n}" for n in range(200)}
+
+
+def test_costly_models_on_a_seeded_sample_agree_with_every_user_within_two_standard_errors(make_ctx, tmp_path):
+    """evaluate.sample_users: the models of sample_models are scored on a seeded sample of the
+    test users, with a standard error per metric; the others on every user. On 300 users, a
+    sample of 150 gives item-kNN's metrics within two standard errors of its all-users ones."""
+    settings = ("evaluate.ks=[5, 10]", "evaluate.baselines=[popularity, item_knn]")
+    everyone = make_ctx(*settings, warehouse=tmp_path / "everyone")
+    everyone.lake.replace(everyone.spark.createDataFrame(many_users(), USER_SEQUENCES), USER_SEQUENCES_TABLE)
+    full = evaluate.run(everyone)
+    assert "sample" not in full
+    sampled_ctx = make_ctx(*settings, "evaluate.sample_users=150", "evaluate.sample_models=[item_knn]",
+                           warehouse=tmp_path / "everyone")
+    sampled = evaluate.run(make_context(sampled_ctx.spark, sampled_ctx.cfg, run_id="sampled"))
+
+    assert sampled["sample"]["users"] == 150 and sampled["sample"]["of_test_users"] == 300
+    assert sampled["sample"]["models"] == ["item_knn"] and sampled["test_users"] == 300
+    rows = everyone.lake.read(METRICS_TABLE).where(F.col("run_id") == "sampled").collect()
+    users = {r["model"]: r["n_users"] for r in rows if r["protocol"] == "full"}
+    assert users == {"popularity": 300, "item_knn": 150}
+    assert not [r for r in rows if r["model"] == "popularity" and r["metric"].endswith(metrics.STDERR_SUFFIX)]
+    # popularity (every user) is the same in both runs; item_knn's sampled metrics sit within
+    # two of their standard errors of the all-users value, for every metric and K.
+    assert sampled["metrics"]["popularity"] == full["metrics"]["popularity"]
+    errors = sampled["sample"]["stderr"]["item_knn"]
+    assert set(errors) == {f"{m}@{k}" for m in metrics.ACCURACY_METRICS for k in (5, 10)}
+    for name, error in errors.items():
+        assert 0 < error < 0.1, (name, error)
+        assert abs(sampled["metrics"]["item_knn"][name] - full["metrics"]["item_knn"][name]) <= 2 * error, name
+    assert full["metrics"]["item_knn"]["ndcg@10"] > 2 * full["metrics"]["popularity"]["ndcg@10"] > 0  # not a null test
+    report = Path(sampled["report"]["html"]).read_text(encoding="utf-8")
+    assert "seeded sample of 150 of the 300 test users" in report
 
 
 def test_empty_test_set_is_a_clear_error(make_ctx):

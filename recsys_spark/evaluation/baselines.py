@@ -304,29 +304,34 @@ def next_item(histories: DataFrame, queries: DataFrame, k: int, successors: int 
 
 def content(
     user_vectors: DataFrame,
-    item_vectors: DataFrame,
+    item_vectors,
     queries: DataFrame,
     k: int,
     block_size: int = 4096,
 ) -> DataFrame:
     """Content only: the items whose text vector is nearest (cosine) to the user's interest vector.
 
-    Reads ``user_vectors`` (user_id, vector), ``item_vectors`` (item_id, vector; L2-normalised)
-    and ``queries`` (user_id, items); exact search through an
-    :class:`~recsys_spark.search.index.ExactIndex` of the items, with the seen items excluded.
+    Reads ``user_vectors`` (user_id, vector), ``item_vectors`` (item_id, vector; L2-normalised:
+    searched exactly through an :class:`~recsys_spark.search.index.ExactIndex`) or an index
+    already built over them (``ExactIndex`` or ``IVFIndex``, e.g. the warehouse's saved text
+    index) and ``queries`` (user_id, items); the seen items are excluded in the search.
     Query users without a vector get no predictions; items without one usable vector are an error.
     """
     from recsys_spark.search.index import ExactIndex
 
     require_columns(user_vectors, (USER_ID, VECTOR), "content user vectors")
-    require_columns(item_vectors, (ITEM_ID, VECTOR), "content item vectors")
+    if isinstance(item_vectors, DataFrame):
+        require_columns(item_vectors, (ITEM_ID, VECTOR), "content item vectors")
+        index = ExactIndex.fit(item_vectors, block_size=block_size)
+    else:
+        index = item_vectors
     query_vectors = user_vectors.join(queries.select(USER_ID), USER_ID).select(
         F.col(USER_ID).alias(QUERY_ID), VECTOR
     )
     exclude = queries.select(
         F.col(USER_ID).alias(QUERY_ID), F.explode(F.array_distinct(seen_column(queries))).alias(ITEM_ID)
     )
-    found = ExactIndex.fit(item_vectors, block_size=block_size).search(query_vectors, k, exclude)
+    found = index.search(query_vectors, k, exclude)
     return found.select(F.col(QUERY_ID).alias(USER_ID), ITEM_ID, F.col(RANK).cast("int").alias(RANK))
 
 

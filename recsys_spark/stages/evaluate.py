@@ -24,6 +24,7 @@ from typing import Callable, Optional
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark.search import store
 from recsys_spark.evaluation import baselines, metrics
 from recsys_spark.models.sequence import CONFIG_FILE
 from recsys_spark.core import progress
@@ -155,13 +156,14 @@ def fit_events(ctx: StageContext, version: Optional[int]) -> dict:
     return out
 
 
-def _content_predictions(ctx: StageContext, queries: DataFrame, depth: int) -> DataFrame:
-    lake = ctx.lake
-    items = lake.read(ITEM_EMBEDDINGS_TABLE)
-    if ACTIVE in items.columns:
-        items = items.where(F.coalesce(ACTIVE, F.lit(True)))
-    users = lake.read(USER_VECTORS_TABLE).select(USER_ID, VECTOR)
-    return baselines.content(users, items.select(ITEM_ID, VECTOR), queries, depth, ctx.cfg.retrieve.block_size)
+def _content_predictions(ctx: StageContext, queries: DataFrame, depth: int) -> tuple[DataFrame, dict]:
+    """The content baseline through the warehouse's text index (``search.store.text_index``):
+    exact or IVF by ``retrieve.method``, the IVF index retrieve saved reused while
+    gold/item_embeddings is unchanged. Returns the predictions and how the index was had."""
+    method, index, info = store.text_index(ctx)
+    users = ctx.lake.read(USER_VECTORS_TABLE).select(USER_ID, VECTOR)
+    found = baselines.content(users, index, queries, depth)
+    return found, {"method": method, **{key: value for key, value in info.items() if key != "index_path"}}
 
 
 def _content_unavailable(ctx: StageContext) -> Optional[str]:
@@ -388,7 +390,6 @@ def run(ctx: StageContext) -> dict:
         POPULARITY_MODEL: lambda queries: baselines.popularity(histories, queries, depth),
         ITEM_KNN_MODEL: lambda queries: baselines.item_knn(histories, queries, depth, cfg.knn_neighbours),
         NEXT_ITEM_MODEL: lambda queries: baselines.next_item(histories, queries, depth, cfg.next_item_successors),
-        CONTENT_MODEL: lambda queries: _content_predictions(ctx, queries, depth),
     }
     # The costly models on a seeded sample of the test users, with standard errors (0: all).
     sample_size = cfg.sample_users if 0 < cfg.sample_users < n_test else 0
@@ -408,6 +409,7 @@ def run(ctx: StageContext) -> dict:
     histograms: dict[str, list[int]] = {}
     seconds: dict[str, float] = {}
     als_details: dict = {}
+    content_search: dict = {}
     user_scores: list[DataFrame] = []
     for position, model in enumerate(models, 1):
         if model == CONTENT_MODEL:
@@ -427,6 +429,8 @@ def run(ctx: StageContext) -> dict:
             predictions, als_details = _als_predictions(ctx, sequences, queries, depth, report_k)
         elif model == PIPELINE_MODEL:
             predictions = pipeline_predictions(ctx.lake, recommendations_version)
+        elif model == CONTENT_MODEL:
+            predictions, content_search = _content_predictions(ctx, queries, depth)
         else:
             predictions = producers[model](queries)
         model_rows, counts[model], frame = evaluate_model(
@@ -522,6 +526,8 @@ def run(ctx: StageContext) -> dict:
         summary["sampled_users_short_of_negatives"] = negatives_short
     if als_details:
         summary["als"] = als_details
+    if content_search:
+        summary["content_search"] = content_search
     if lead:
         summary["lead"] = lead
     summary["by_history_length"] = by_length

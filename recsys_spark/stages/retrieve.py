@@ -24,10 +24,9 @@ unchanged. Every run measures the IVF recall against exact search on a random sa
 from __future__ import annotations
 
 import logging
-import math
 import time
 import zlib
-from typing import Callable, Iterator, Optional, Union
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -38,7 +37,6 @@ from recsys_spark.core import progress
 from recsys_spark.core.context import StageContext
 from recsys_spark.core.lakehouse import table_versions
 from recsys_spark.core.schemas import (
-    ACTIVE,
     CANDIDATES_TABLE,
     COSINE,
     HISTORY_ITEMS,
@@ -63,7 +61,8 @@ from recsys_spark.evaluation.metrics import candidate_recall
 from recsys_spark.models.cold_start import find_cold_items
 from recsys_spark.models.sequence import SequenceRanker, cached_ranker
 from recsys_spark.tracking.experiment import serving_model_dir
-from recsys_spark.search.index import ExactIndex, IVFIndex, read_manifest
+from recsys_spark.search import store
+from recsys_spark.search.index import ExactIndex
 from recsys_spark.search.spark import recall_vs_exact
 from recsys_spark.search.vectors import EncodedVectors
 
@@ -92,91 +91,10 @@ def lstm_item_vectors(spark, ranker: SequenceRanker) -> DataFrame:
     return spark.createDataFrame(frame, f"{ITEM_ID} string, {VECTOR} array<float>")
 
 
-Index = Union[ExactIndex, IVFIndex]
-TEXT_INDEX = "item_embeddings"  # <warehouse>/indexes/<name>: the text item vectors
 LSTM_INDEX = "lstm_items"  # the trained model's item vectors
 # What the LSTM index holds: vectors whose cosine with the queries is the logit over one constant
 # (SequenceRanker.retrieval_item_vectors); an index saved from other vectors is trained again.
 LSTM_VECTORS = "logit_augmented"
-
-
-def index_path(ctx: StageContext, name: str) -> str:
-    """``<warehouse>/indexes/<name>``: where retrieve keeps its IVF indexes (both table modes)."""
-    return f"{ctx.cfg.warehouse.rstrip('/')}/indexes/{name}"
-
-
-def _nlist(ctx: StageContext, n_items: int) -> int:
-    return min(ctx.cfg.retrieve.nlist or max(1, round(math.sqrt(n_items))), n_items)
-
-
-def _ivf_params(ctx: StageContext, n_items: int) -> dict:
-    """What an IVF index over ``n_items`` items is trained with (compared with a saved one's)."""
-    rc = ctx.cfg.retrieve
-    return {"nlist": _nlist(ctx, n_items), "iterations": rc.kmeans_iterations, "seed": rc.seed}
-
-
-def _method(ctx: StageContext, n_items: int) -> str:
-    rc = ctx.cfg.retrieve
-    if rc.method == "auto":
-        return "exact" if n_items <= rc.exact_max_items else "ivf"
-    return rc.method
-
-
-def _saved_index(ctx: StageContext, path: str, source: dict) -> Optional[IVFIndex]:
-    """The IVF index at ``path`` when it was built from ``source`` with today's settings (an
-    unreadable one is logged and trained again)."""
-    rc = ctx.cfg.retrieve
-    if rc.method == "exact":
-        return None
-    try:
-        manifest = read_manifest(path)
-        usable = manifest["counts"].get("usable", 0)
-        params = {key: manifest["params"].get(key) for key in ("nlist", "iterations", "seed")}
-        if manifest["kind"] != "ivf" or manifest["source"] != source or not usable or _method(ctx, usable) != "ivf":
-            return None
-        if params != _ivf_params(ctx, usable):
-            return None
-        return IVFIndex.load(ctx.spark, path, nprobe=rc.nprobe, block_size=rc.block_size)
-    except FileNotFoundError:
-        return None
-    except ValueError as error:
-        log.warning("retrieve: %s; training a new index", error)
-        return None
-
-
-def _ivf_info(how: str, index: IVFIndex, nprobe: int) -> dict:
-    return {"index": how, "index_path": index.path, "nlist": index.nlist, "nprobe": min(nprobe, index.nlist)}
-
-
-def item_index(
-    ctx: StageContext, name: str, source: dict, items: Callable[[], DataFrame], what: str, empty_hint: str
-) -> tuple[str, Index, dict]:
-    """``(method, index, info)`` over the item vectors ``items()`` (``item_id, vector``) built from
-    ``source``: exact or IVF by ``retrieve.method``. A saved IVF index of the same source and
-    settings is loaded (``items()`` is then never read); otherwise the items are encoded once and,
-    for IVF, an index is trained and saved under ``<warehouse>/indexes/<name>``. Items without
-    one usable vector are an error naming ``what`` and ``empty_hint``.
-    """
-    rc = ctx.cfg.retrieve
-    path = index_path(ctx, name)
-    saved = _saved_index(ctx, path, source)
-    if saved is not None:
-        ctx.progress(f"retrieve: reusing the IVF index of {what} at {path}")
-        return "ivf", saved, _ivf_info("reused", saved, rc.nprobe)
-    vectors = ExactIndex.encode_items(items())
-    if vectors.counts.usable == 0:
-        raise ValueError(f"retrieve: {what} has no usable item vectors ({vectors.counts.to_dict()}); {empty_hint}")
-    method = _method(ctx, vectors.counts.usable)
-    if method == "exact":
-        return method, ExactIndex.from_vectors(vectors, rc.block_size), {"index": "built", "index_path": None}
-    params = _ivf_params(ctx, vectors.counts.usable)
-    ctx.progress(f"retrieve: training the IVF index of {what} ({params['nlist']} lists)")
-    progress.describe(ctx.spark, f"training the IVF index of {what}")
-    index = IVFIndex.from_vectors(
-        vectors, params["nlist"], params["iterations"], params["seed"], nprobe=rc.nprobe, block_size=rc.block_size
-    )
-    index.save(path, source)
-    return method, index, _ivf_info("trained", index, rc.nprobe)
 
 
 def candidates_frame(results: DataFrame, method: str, run_id: str, score_scale: float = 1.0) -> DataFrame:
@@ -209,7 +127,7 @@ def seen_pairs(sequences: DataFrame) -> DataFrame:
 
 
 def measure_recall(
-    ctx: StageContext, queries: EncodedVectors, index: Index, exclude: DataFrame, candidates: DataFrame
+    ctx: StageContext, queries: EncodedVectors, index: store.Index, exclude: DataFrame, candidates: DataFrame
 ) -> Optional[float]:
     """Recall@``retrieve.k`` of ``candidates`` against exact search on a random sample of users.
 
@@ -239,15 +157,7 @@ def run(ctx: StageContext) -> dict:
     progress.describe(ctx.spark, "item vectors, the index and the users' queries")
     sequences = lake.read(USER_SEQUENCES_TABLE).select(USER_ID, HISTORY_ITEMS, SEEN_ITEMS, TEST_ITEMS)
     text_version = lake.version(ITEM_EMBEDDINGS_TABLE)
-
-    def text_vectors() -> DataFrame:
-        embeddings = lake.read(ITEM_EMBEDDINGS_TABLE, version=text_version)
-        return embeddings.where(F.coalesce(F.col(ACTIVE), F.lit(True))).select(ITEM_ID, VECTOR)
-
-    text_source = {"table": str(ITEM_EMBEDDINGS_TABLE), "table_version": text_version, "rows": "active"}
-    text_method, text_index, text_info = item_index(
-        ctx, TEXT_INDEX, text_source, text_vectors, str(ITEM_EMBEDDINGS_TABLE), "run encode first"
-    )
+    text_method, text_index, text_info = store.text_index(ctx, text_version)
 
     model_dir = serving_model_dir(ctx.cfg, "retrieve") if rc.query in ("lstm", "auto") else None
     if rc.query == "lstm" and model_dir is None:
@@ -258,7 +168,7 @@ def run(ctx: StageContext) -> dict:
         version, score_scale, retrieval_score = ranker.version, ranker.retrieval_scale, "lstm_logit"
         query_source = f"lstm:{version}"
         raw_queries = lstm_user_states(sequences, model_dir)
-        method, index, index_info = item_index(
+        method, index, index_info = store.item_index(
             ctx, LSTM_INDEX, {"model_version": version, "vectors": LSTM_VECTORS, "cold_items": cold.key},
             lambda: lstm_item_vectors(ctx.spark, ranker), f"the item vectors of model {version}", "retrain the model",
         )

@@ -13,6 +13,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark.evaluation import baselines, metrics
+from recsys_spark.search import store
 from recsys_spark.stages import evaluate, features, retrieve, score
 from recsys_spark.core.config import ConfigError
 from recsys_spark.core.context import make_context
@@ -238,6 +239,24 @@ def test_costly_models_on_a_seeded_sample_agree_with_every_user_within_two_stand
     assert "seeded sample of 150 of the 300 test users" in report
 
 
+def test_content_baseline_searches_the_warehouse_text_index_and_reuses_a_saved_ivf_index(make_ctx, tmp_path):
+    """The content baseline goes through search.store.text_index: exact or IVF by retrieve.method;
+    an IVF index is saved and reused while gold/item_embeddings is unchanged, and with every list
+    probed its lists equal the exact search's."""
+    settings = ("evaluate.ks=[2, 5]", "evaluate.baselines=[content]")
+    exact_ctx = make_ctx(*settings, "retrieve.method=exact", warehouse=tmp_path / "w")
+    write_inputs(exact_ctx, with_recommendations=False)
+    exact = evaluate.run(exact_ctx)
+    assert exact["content_search"] == {"method": "exact", "index": "built"}
+    ivf_ctx = make_ctx(*settings, "retrieve.method=ivf", "retrieve.nlist=3", "retrieve.nprobe=3", warehouse=tmp_path / "w")
+    first = evaluate.run(ivf_ctx)
+    assert first["content_search"] == {"method": "ivf", "index": "trained", "nlist": 3, "nprobe": 3}
+    method, index, info = store.text_index(ivf_ctx)  # what the next evaluate (or retrieve) gets
+    assert (method, info["index"], index.nlist) == ("ivf", "reused", 3)
+    assert first["metrics"]["content"] == exact["metrics"]["content"]
+    assert exact["metrics"]["content"]["ndcg@5"] > 0
+
+
 def test_empty_test_set_is_a_clear_error(make_ctx):
     ctx = make_ctx("evaluate.baselines=[popularity]")
     rows = [sequence_row("a", ["x", "y"], [], False)]
@@ -342,7 +361,7 @@ def test_a_user_with_300_events_is_never_recommended_any_of_them(make_ctx):
         "popularity": baselines.popularity(histories, queries, k),
         "item_knn": baselines.item_knn(histories, queries, k, ctx.cfg.evaluate.knn_neighbours),
         "next_item": baselines.next_item(histories, queries, k),
-        "content": evaluate._content_predictions(ctx, queries, k),
+        "content": evaluate._content_predictions(ctx, queries, k)[0],
         "als": evaluate._als_predictions(ctx, sequences, queries, k, k)[0],
     }
     assert sorted(predictions) == sorted(BASELINE_MODELS)

@@ -10,6 +10,7 @@ import os
 
 from recsys_spark.models.sequence import FIRST_ITEM, LATEST_FILE, ModelSpec, SequenceRanker
 from recsys_spark.stages import retrieve
+from recsys_spark.search import store
 from recsys_spark.search.index import IVFIndex, read_manifest
 from recsys_spark.search.kernels import normalize_rows
 from recsys_spark.core.schemas import (
@@ -139,7 +140,7 @@ def test_ivf_reports_recall_against_exact(make_ctx):
     histories = write_inputs(ctx, seed=1)
     summary = retrieve.run(ctx)
     assert summary["method"] == "ivf" and summary["nlist"] == 6 and summary["nprobe"] == 6
-    assert summary["index"] == "trained" and summary["index_path"] == retrieve.index_path(ctx, retrieve.TEXT_INDEX)
+    assert summary["index"] == "trained" and summary["index_path"] == store.index_path(ctx, store.TEXT_INDEX)
     assert os.path.isfile(os.path.join(summary["index_path"], "manifest.json"))
     assert summary["recall_sample"] == 10
     assert summary["recall_at_k_vs_exact"] == 1.0

@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -88,12 +88,16 @@ class SparkConfig:
     # the executor, half the machine's memory (the other half for the Python workers: pandas UDFs,
     # the encoder, TensorFlow), whole GiB, at least 1g; elsewhere the launcher's setting.
     driver_memory: str = "3g"
-    shuffle_partitions: int = 8
+    # spark.sql.shuffle.partitions, or "auto": on a local master twice its cores (AQE coalesces
+    # small shuffles further); elsewhere the cluster's own setting stands (Databricks: its
+    # auto-optimized shuffle; a cluster profile sets an initial count AQE coalesces by size).
+    shuffle_partitions: Union[int, str] = 8
     log_level: str = "WARN"
     conf: dict = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
-        _check(self.shuffle_partitions >= 1, f"{key}.shuffle_partitions", "must be >= 1")
+        _check(self.shuffle_partitions == "auto" or (isinstance(self.shuffle_partitions, int) and not isinstance(self.shuffle_partitions, bool) and self.shuffle_partitions >= 1),
+               f"{key}.shuffle_partitions", f"must be an integer >= 1 or auto; got {self.shuffle_partitions!r}")
         _check(isinstance(self.driver_memory, str) and re.fullmatch(r"auto|\d+[kmgt]?", self.driver_memory, re.I) is not None,
                f"{key}.driver_memory", f"must be a JVM size like 4g or 512m, or auto; got {self.driver_memory!r}")
         _check_choice(self.log_level, LOG_LEVELS, f"{key}.log_level")
@@ -543,11 +547,20 @@ def _to_plain(value: Any) -> Any:
 # ---- building the typed tree from plain data ----------------------------------------
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:  # Optional[X], or Union[X, Y]: the first type that takes the value
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as error:
+                errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(f"config key '{key}': expected {names}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")

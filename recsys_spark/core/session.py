@@ -91,6 +91,16 @@ def driver_memory(setting: str, master: Optional[str], memory_bytes: Optional[in
     return f"{max(1, total // 2 // 2**30)}g"
 
 
+def shuffle_partitions(setting, master: Optional[str]) -> Optional[str]:
+    """``spark.sql.shuffle.partitions`` for ``spark.shuffle_partitions``: a count as given;
+    ``auto`` on a local master is twice its cores (at least 2), and no setting elsewhere (the
+    cluster's own: Databricks sizes shuffles itself, a cluster profile's AQE coalesces by size)."""
+    if setting != "auto":
+        return str(setting)
+    cores = local_cores(master or "")
+    return None if cores is None else str(max(2, 2 * cores))
+
+
 def default_parallelism(spark: SparkSession) -> int:
     """How many tasks the session runs at once: ``sparkContext.defaultParallelism`` on classic
     Spark; on Connect, ``spark.default.parallelism`` when set, else the cores of a local master,
@@ -136,13 +146,15 @@ def get_spark(cfg: Config) -> SparkSession:
         builder = builder.master(sc.master)
     settings = {
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Keep every Delta write an ACID commit whose history stays readable for rollback.
         "spark.databricks.delta.retentionDurationCheck.enabled": "true",
     }
+    partitions = shuffle_partitions(sc.shuffle_partitions, sc.remote or sc.master)
+    if partitions is not None:
+        settings["spark.sql.shuffle.partitions"] = partitions
     memory = driver_memory(sc.driver_memory, sc.remote or sc.master)
     if memory is not None:
         settings["spark.driver.memory"] = memory

@@ -11,6 +11,11 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+# Every Spark JVM the tests start (the session of each pytest worker and of every child process,
+# which inherit this) with the serial collector: the test heaps are small, and on two cores G1's
+# concurrent and parallel GC threads compete with the other pytest worker. Measured on the
+# incremental-cycle harness (init + 2 cycles): 235 CPU-seconds against 250 with G1, same wall time.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:+UseSerialGC")
 
 
 def small_overrides(warehouse: Path, *overrides: str) -> list:

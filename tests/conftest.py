@@ -30,34 +30,36 @@ def make_ctx(spark, tmp_path):
     return _make
 
 
-# The files that take minutes, heaviest first (measured: `bash .ci/run --durations=40`, 2026-12-02). With
-# `--dist loadfile` workers take files in collection order, so these start first and the short
-# files fill the gaps instead of one long file running alone at the end.
+# The files that take minutes, heaviest first (worker-seconds in the fresh-clone suite of 5a719d9,
+# 2026-12-07, from its junit times). With `--dist loadfile` workers take files in collection
+# order, so these start first and the short files fill the gaps instead of one long file running
+# alone at the end.
 HEAVIEST_FIRST = (
-    "reliability/test_incremental_cycles.py",  # 20 cycles of four stages (~8 min alone, 2026-12-03)
-    "integration/test_notebooks.py",
-    "integration/test_cluster.py",
-    "reliability/test_crash_mid_write.py",
-    "reliability/test_idempotency.py",
-    "unit/stages/test_evaluate.py",
-    "unit/stages/test_train.py",
-    "unit/stages/test_ingest.py",
-    "unit/stages/test_score.py",
-    "unit/evaluation/test_report.py",  # ingest + features + evaluate once, and Chromium (~4 min loaded, 2026-12-03)
-    "reliability/test_corrupt_artifacts.py",
-    "reliability/test_concurrent_jobs.py",
-    "reliability/test_concurrent_stages.py",  # train / score in a second process (~5 min alone)
-    "reliability/test_schema_drift.py",
-    "reliability/test_resource_limits.py",
-    "integration/test_cli.py",
-    "unit/stages/test_encode.py",
-    "unit/stages/test_retrieve.py",
-    "reliability/test_config_safety.py",
-    "integration/test_jobs.py",
-    "unit/search/test_index.py",
-    "reliability/test_concurrent_readers.py",
-    "reliability/test_fuzzed_input.py",
-    "unit/stages/test_generate.py",
+    "reliability/test_incremental_cycles.py",  # 851 s: 20 cycles of four stages, one test
+    "integration/test_notebooks.py",  # 555
+    "reliability/test_concurrent_stages.py",  # 401: train / score in a second process
+    "integration/test_cluster.py",  # 301
+    "unit/stages/test_train.py",  # 294
+    "reliability/test_crash_mid_write.py",  # 236
+    "reliability/test_idempotency.py",  # 231
+    "unit/stages/test_evaluate.py",  # 143, and ~140 more since the sample and content-index tests
+    "unit/stages/test_retrieve.py",  # 217
+    "reliability/test_resource_limits.py",  # 133
+    "reliability/test_corrupt_artifacts.py",  # 117
+    "reliability/test_concurrent_jobs.py",  # 116
+    "unit/stages/test_ingest.py",  # 104
+    "integration/test_cli.py",  # 83
+    "unit/core/test_lakehouse.py",  # 73
+    "unit/models/test_cold_start.py",  # 72
+    "unit/evaluation/test_baselines.py",  # 68
+    "unit/stages/test_score.py",  # 57
+    "unit/stages/test_encode.py",  # 47
+    "unit/evaluation/test_report.py",  # 46
+    "reliability/test_fuzzed_input.py",  # 44
+    "unit/search/test_index.py",  # 43
+    "unit/search/test_spark.py",  # 30
+    "reliability/test_schema_drift.py",  # 28
+    "unit/stages/test_generate.py",  # 27
 )
 
 

@@ -349,11 +349,16 @@ class ScoreConfig:
     mode: str = "full"  # full | incremental
     k: int = 10
     min_history: int = 2  # fewer events: cold-start recommendations
+    # The reasons meet each user's history and recommended items with their text vectors in one
+    # pandas group per hash bucket of users: at most about this many rows (~1.5 KiB of vector
+    # each) per group, so a Python worker's memory is bounded by this, not by the number of users.
+    reason_rows_per_group: int = 100_000
 
     def validate(self, key: str) -> None:
         _check_choice(self.mode, SCORE_MODES, f"{key}.mode")
         _check(self.k >= 1, f"{key}.k", "must be >= 1")
         _check(self.min_history >= 0, f"{key}.min_history", "must be >= 0")
+        _check(self.reason_rows_per_group >= 1, f"{key}.reason_rows_per_group", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -175,9 +175,20 @@ def fill_with_popular(
 
 
 # ---- reasons -------------------------------------------------------------------------------
-def most_similar_history_item(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame) -> DataFrame:
+def reason_buckets(users: int, rows_per_user: int, rows_per_group: int, partitions: int) -> int:
+    """How many hash buckets of users the reasons are grouped in: enough that a bucket holds
+    about ``rows_per_group`` rows (``users`` x ``rows_per_user``, an upper bound), and never fewer
+    than the shuffle's ``partitions`` (so every task has a group to work on)."""
+    return max(1, partitions, -(-max(0, users) * max(1, rows_per_user) // max(1, rows_per_group)))
+
+
+def most_similar_history_item(
+    recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, buckets: Optional[int] = None
+) -> DataFrame:
     """``(user_id, rank, _because)``: the history item whose text vector has the highest cosine
-    with the recommended item. Rows whose item or history has no vector are absent."""
+    with the recommended item. Rows whose item or history has no vector are absent. Users are
+    grouped in ``buckets`` hash buckets (default: ``spark.sql.shuffle.partitions``), one pandas
+    group each: see :func:`reason_buckets`."""
     users = recs.select(USER_ID).distinct()
     history = (
         sequences.join(users, USER_ID)
@@ -186,7 +197,8 @@ def most_similar_history_item(recs: DataFrame, sequences: DataFrame, embeddings:
         .select(USER_ID, ITEM_ID, VECTOR, F.lit(None).cast("int").alias(RANK))
     )
     targets = recs.select(USER_ID, ITEM_ID, RANK).join(embeddings, ITEM_ID).select(USER_ID, ITEM_ID, VECTOR, RANK)
-    buckets = int(recs.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    if buckets is None:
+        buckets = int(recs.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     rows = history.unionByName(targets).withColumn("_bucket", F.pmod(F.xxhash64(USER_ID), F.lit(buckets)))
     return rows.groupBy("_bucket").applyInPandas(
         _nearest_history, f"{USER_ID} string, {RANK} int, {BECAUSE} string"
@@ -210,9 +222,11 @@ def _nearest_history(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({USER_ID: out_user, RANK: np.asarray(out_rank, dtype=np.int32), BECAUSE: out_item})
 
 
-def with_reasons(recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, titles: DataFrame) -> DataFrame:
+def with_reasons(
+    recs: DataFrame, sequences: DataFrame, embeddings: DataFrame, titles: DataFrame, buckets: Optional[int] = None
+) -> DataFrame:
     """Add ``reason`` to ``(user_id, rank, item_id, score, _popularity)`` rows."""
-    because = most_similar_history_item(recs.where(F.col(POPULARITY).isNull()), sequences, embeddings)
+    because = most_similar_history_item(recs.where(F.col(POPULARITY).isNull()), sequences, embeddings, buckets)
     named = because.join(
         titles.select(F.col(ITEM_ID).alias(BECAUSE), F.col(TITLE).alias("_because_title")), BECAUSE, "left"
     )
@@ -332,8 +346,13 @@ def _score(ctx: StageContext, all_sequences: DataFrame, sequences: DataFrame, mo
     recs = fill_with_popular(scored, sequences, all_sequences, titles, sc.k).cache()
     embeddings = lake.read(ITEM_EMBEDDINGS_TABLE).select(ITEM_ID, VECTOR).where(F.size(VECTOR) > 0)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
+    # A history holds at most features.max_sequence_length items, a list k: the bound per user.
+    buckets = reason_buckets(
+        users, ctx.cfg.features.max_sequence_length + sc.k, sc.reason_rows_per_group,
+        int(ctx.spark.conf.get("spark.sql.shuffle.partitions")),
+    )
     final = (
-        with_reasons(recs, sequences, embeddings, titles)
+        with_reasons(recs, sequences, embeddings, titles, buckets)
         .select(
             USER_ID, RANK, ITEM_ID, SCORE, REASON,
             F.lit(model_version).alias(MODEL_VERSION),

@@ -81,6 +81,7 @@ OUT_OF_RANGE = [
     ("retrieve.recall_target=0", "retrieve.recall_target"),
     ("score.mode=partial", "score.mode"),
     ("score.k=0", "score.k"),
+    ("score.reason_rows_per_group=0", "score.reason_rows_per_group"),
     ("evaluate.ks=[0]", "evaluate.ks"),
     ("evaluate.protocols=[online]", "evaluate.protocols"),
     ("evaluate.baselines=[magic]", "evaluate.baselines"),

@@ -211,3 +211,43 @@ def test_readers_see_whole_versions_and_incremental_touches_only_changed_users(m
     recs = recommendations(ctx)
     assert [(r[RANK], r[ITEM_ID], r[RUN_ID]) for r in recs["u2"]] == [(1, "h", "r4")]
     assert {r[RUN_ID] for r in recs["u5"]} == {"r2"}
+
+
+def test_reason_buckets_bound_the_rows_of_a_group():
+    # 1M users x (200 history + 10 recommended) rows at 100k rows a group: 2,100 buckets
+    assert score.reason_buckets(1_000_000, 210, 100_000, 8) == 2100
+    assert score.reason_buckets(40, 210, 100_000, 8) == 8  # never fewer than the shuffle's partitions
+    assert score.reason_buckets(0, 210, 100_000, 0) == 1
+    assert score.reason_buckets(101, 1, 100, 1) == 2  # rounded up
+
+
+def test_reasons_are_the_same_however_many_groups_hold_the_users(spark):
+    """The nearest history item of every recommendation does not depend on how users are
+    bucketed: one group, a few, or one per user and more."""
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(30)]
+    vectors = rng.normal(size=(len(items), 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    embeddings = spark.createDataFrame(
+        [(item, [float(x) for x in vector]) for item, vector in zip(items, vectors)], "item_id string, vector array<float>"
+    )
+    sequences, recs = [], []
+    for u in range(25):
+        picked = [str(i) for i in rng.choice(items, size=12, replace=False)]
+        sequences.append((f"u{u}", picked[:8]))
+        recs += [(f"u{u}", rank, item, None) for rank, item in enumerate(picked[8:], 1)]
+    sequences = spark.createDataFrame(sequences, "user_id string, history_items array<string>")
+    recs = spark.createDataFrame(recs, "user_id string, rank int, item_id string, _popularity long")
+
+    def reasons(buckets):
+        rows = score.most_similar_history_item(recs, sequences, embeddings, buckets).collect()
+        return {(r[USER_ID], r[RANK]): r[score.BECAUSE] for r in rows}
+
+    one = reasons(1)
+    assert len(one) == 25 * 4
+    by_id = dict(zip(items, vectors))
+    for (user, rank), because in list(one.items())[:10]:  # the true nearest history item
+        history = next(r["history_items"] for r in sequences.collect() if r[USER_ID] == user)
+        item = next(r[ITEM_ID] for r in recs.collect() if r[USER_ID] == user and r[RANK] == rank)
+        assert because == max(history, key=lambda h: float(by_id[h] @ by_id[item]))
+    assert reasons(3) == one and reasons(40) == one
